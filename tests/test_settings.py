@@ -1,0 +1,177 @@
+"""Settings: defaults, the user file, environment variables, and clear errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tidings.config import NotificationSettings, Settings, load_settings
+from tidings.config.durations import format_duration, parse_duration
+from tidings.config.settings import read_defaults
+from tidings.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("TIDINGS_"):
+            monkeypatch.delenv(name)
+
+
+def test_worker_pool_defaults() -> None:
+    n = load_settings().notifications
+    assert (n.workers, n.bulk_limit, n.retry_workers, n.max_attempts) == (1, 10, 1, 3)
+    assert n.requeue_every == n.retry_requeue_every == timedelta(seconds=2)
+    assert n.handle_active_instances == timedelta(0)
+    assert n.transaction_duration == timedelta(minutes=1)
+    assert n.max_ttl == timedelta(minutes=5)
+    assert (n.min_retry_delay, n.max_retry_delay) == (timedelta(seconds=1), timedelta(seconds=20))
+    assert n.retry_delay_factor == 1.5
+
+
+def test_defaults_yaml_and_the_model_agree() -> None:
+    """Every key has a default in defaults.yaml, equal to the model's own default."""
+    from_yaml = Settings(**read_defaults()).model_dump()
+    from_model = Settings().model_dump()
+    assert from_yaml == from_model
+    assert set(read_defaults()["notifications"]) == set(NotificationSettings.model_fields)
+
+
+def test_every_default_has_a_comment() -> None:
+    text = (Path(__file__).parents[1] / "tidings/config/defaults.yaml").read_text()
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and line.startswith("  "):
+            assert lines[number - 1].strip().startswith("#") or "#" in line, (
+                f"defaults.yaml line {number + 1} has no comment: {line!r}"
+            )
+
+
+def test_user_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "tidings.yaml"
+    user.write_text(yaml.safe_dump({"notifications": {"workers": 4, "max_ttl": "10m"}}))
+    s = load_settings(user)
+    assert s.notifications.workers == 4
+    assert s.notifications.max_ttl == timedelta(minutes=10)
+    assert s.notifications.bulk_limit == 10  # untouched keys keep their default
+
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_WORKERS", "7")
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_REQUEUE_EVERY", "500ms")
+    s = load_settings(user)
+    assert s.notifications.workers == 7
+    assert s.notifications.max_attempts == 5
+    assert s.notifications.requeue_every == timedelta(milliseconds=500)
+    assert s.notifications.max_ttl == timedelta(minutes=10)
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "t.yaml"
+    user.write_text("notifications:\n  bulk_limit: 100\n")
+    monkeypatch.setenv("TIDINGS_CONFIG", str(user))
+    assert load_settings().notifications.bulk_limit == 100
+
+
+def test_database_url_and_data_dir_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_DATA_DIR", "/srv/tidings-pg")
+    s = load_settings()
+    assert s.database.url is None
+    assert s.database.embedded_data_dir() == Path("/srv/tidings-pg")
+    monkeypatch.setenv("TIDINGS_DATABASE_URL", "postgresql://u:pw@db/tidings")
+    s = load_settings()
+    assert s.database.url is not None
+    assert s.database.url.get_secret_value() == "postgresql://u:pw@db/tidings"
+    assert "pw" not in repr(s)
+
+
+def test_default_data_dir_is_under_the_user_data_directory() -> None:
+    import platformdirs
+
+    expected = Path(platformdirs.user_data_dir("tidings")) / "pgdata"
+    assert load_settings().database.embedded_data_dir() == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("500ms", timedelta(milliseconds=500)),
+        ("2s", timedelta(seconds=2)),
+        ("5m", timedelta(minutes=5)),
+        ("1h", timedelta(hours=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("1.5s", timedelta(seconds=1.5)),
+        ("0s", timedelta(0)),
+        ("0", timedelta(0)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    assert parse_duration(format_duration(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 minutes", "m5", "5x", "-1s", "1s2", "ms"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="500ms, 2s, 5m, 1h"):
+        parse_duration(text)
+
+
+def test_bad_value_names_key_value_and_what_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_MAX_TTL", "forever")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    (line,) = str(caught.value).splitlines()
+    assert "notifications.max_ttl" in line
+    assert "TIDINGS_NOTIFICATIONS_MAX_TTL" in line
+    assert "'forever'" in line
+    assert "500ms, 2s, 5m, 1h" in line
+
+
+def test_negative_count_is_refused(tmp_path: Path) -> None:
+    user = tmp_path / "t.yaml"
+    user.write_text("notifications:\n  workers: -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(user)
+    line = str(caught.value)
+    assert "notifications.workers" in line and "-1" in line and "greater than or equal to 0" in line
+
+
+def test_unknown_key_in_file_is_refused_with_the_allowed_ones(tmp_path: Path) -> None:
+    user = tmp_path / "t.yaml"
+    user.write_text("notifications:\n  max_atempts: 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(user)
+    (line,) = str(caught.value).splitlines()
+    assert "unknown setting notifications.max_atempts" in line
+    assert "max_attempts" in line  # the allowed keys are listed
+
+
+def test_unknown_key_in_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_WORKER", "3")
+    with pytest.raises(ConfigError, match=r"unknown setting notifications\.worker "):
+        load_settings()
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    user = tmp_path / "t.yaml"
+    user.write_text("notification:\n  workers: 5\n")
+    with pytest.raises(ConfigError, match="unknown setting notification "):
+        load_settings(user)
+
+
+def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("notifications: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_settings(listed)

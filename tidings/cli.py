@@ -1,0 +1,398 @@
+"""The `tidings` command line. The only module that calls asyncio.run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Coroutine, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn, TypeVar
+
+import click
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidings import __version__
+from tidings.config import Settings, load_settings
+from tidings.config.durations import parse_duration
+from tidings.errors import ConfigError, TidingsError
+from tidings.eventstore import (
+    ConcurrencyError,
+    EventQuery,
+    NewEvent,
+    StoredEvent,
+    current_version,
+    latest_version,
+    migrate,
+    open_database,
+)
+
+log = logging.getLogger("tidings")
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a TidingsError ends the command with its message."""
+    try:
+        return asyncio.run(coro)
+    except TidingsError as exc:
+        fail(str(exc))
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="TIDINGS_CONFIG",
+    help="A YAML settings file over the defaults (env: TIDINGS_CONFIG).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="How much tidings logs to stderr.",
+)
+@click.version_option(__version__, prog_name="tidings")
+@click.pass_context
+def main(ctx: click.Context, config_file: Path | None, log_level: str) -> None:
+    """tidings: an event-sourced notification worker pool on PostgreSQL.
+
+    Without database.url (TIDINGS_DATABASE_URL) every command uses an embedded
+    PostgreSQL kept in database.data_dir (TIDINGS_DATA_DIR).
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pgserver", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        ctx.obj = load_settings(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems or [str(exc)]:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+
+
+@main.command("migrate")
+@click.option("--to", "target", type=int, help="Stop at this schema version (default: latest).")
+@click.pass_context
+def migrate_command(ctx: click.Context, target: int | None) -> None:
+    """Create or upgrade the database schema. Safe to run again."""
+
+    async def go() -> None:
+        async with (
+            open_database(settings_of(ctx).database, require_schema=False) as db,
+            db.pool.connection() as conn,
+        ):
+            applied = await migrate(conn, target=target)
+            version = await current_version(conn)
+        if applied:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+            click.echo(f"migrated {db.target}: applied {names}; schema at version {version}")
+        else:
+            click.echo(f"{db.target}: schema already at version {version}, nothing to apply")
+        if version < latest_version():
+            click.echo(f"note: the latest version is {latest_version()}", err=True)
+
+    run(go())
+
+
+@main.group("events")
+def events_group() -> None:
+    """Write events into the log."""
+
+
+class AppendLine(BaseModel):
+    """One line of `tidings events append`.
+
+    Takes what `replay --format jsonl` prints too: `sequence` then stands for
+    an expected sequence one lower, `position` and `created_at` are assigned
+    anew by the store.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(min_length=1)
+    aggregate_type: str = Field(min_length=1)
+    aggregate_id: str = Field(min_length=1)
+    event_type: str = Field(min_length=1)
+    payload: dict[str, Any]
+    expected_sequence: int | None = Field(default=None, ge=0)
+    owner: str = ""
+    creator: str = ""
+    sequence: int | None = Field(default=None, ge=1)
+    position: int | None = None
+    created_at: str | None = None
+
+    @model_validator(mode="after")
+    def _sequence_agrees(self) -> AppendLine:
+        both = self.sequence is not None and self.expected_sequence is not None
+        if both and self.expected_sequence != (self.sequence or 0) - 1:
+            raise ValueError("sequence and expected_sequence disagree")
+        return self
+
+    def to_event(self) -> NewEvent:
+        expected = self.expected_sequence
+        if expected is None and self.sequence is not None:
+            expected = self.sequence - 1
+        return NewEvent(
+            instance_id=self.instance_id,
+            aggregate_type=self.aggregate_type,
+            aggregate_id=self.aggregate_id,
+            event_type=self.event_type,
+            payload=self.payload,
+            expected_sequence=expected,
+            owner=self.owner,
+            creator=self.creator,
+        )
+
+
+def parse_event_lines(stream: IO[str], name: str) -> tuple[list[NewEvent], list[int]]:
+    """Events and their line numbers; exits naming every malformed line."""
+    events: list[NewEvent] = []
+    numbers: list[int] = []
+    problems: list[str] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(AppendLine.model_validate_json(line).to_event())
+            numbers.append(number)
+        except ValidationError as exc:
+            problems.append(f"{name} line {number}: {_validation_summary(exc)}")
+    if problems:
+        for problem in problems[:20]:
+            click.echo(f"error: {problem}", err=True)
+        if len(problems) > 20:
+            click.echo(f"error: ... and {len(problems) - 20} more malformed lines", err=True)
+        fail("nothing was appended", code=1)
+    return events, numbers
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "json_invalid":
+            parts.append(f"not valid JSON ({error['ctx'].get('error', 'syntax error')})")
+        else:
+            parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "; ".join(parts)
+
+
+@events_group.command("append")
+@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="How to print where each event landed.",
+)
+@click.pass_context
+def append_command(ctx: click.Context, source: IO[str], output_format: str) -> None:
+    """Append events from a JSON-lines FILE (or - for stdin), all in one transaction.
+
+    \b
+    Each line: {"instance_id", "aggregate_type", "aggregate_id", "event_type",
+    "payload": {...}, optional "expected_sequence" (the aggregate's last
+    sequence as you saw it, 0 for a new aggregate), "owner", "creator"}.
+    A malformed line or a conflict stores nothing and names the line.
+    """
+    name = "stdin" if source.name == "<stdin>" else source.name
+    events, numbers = parse_event_lines(source, name)
+    if not events:
+        fail(f"{name} holds no events")
+
+    async def go() -> None:
+        async with open_database(settings_of(ctx).database) as db:
+            try:
+                stored = await db.store.append(events)
+            except ConcurrencyError as exc:
+                where = f"{name} line {numbers[exc.index]}: " if exc.index is not None else ""
+                fail(f"{where}{exc}; nothing was appended")
+        for event, landed, number in zip(events, stored, numbers, strict=True):
+            if output_format == "jsonl":
+                click.echo(
+                    json.dumps(
+                        {
+                            "line": number,
+                            "position": landed.position,
+                            "sequence": landed.sequence,
+                            "instance_id": event.instance_id,
+                            "aggregate_type": event.aggregate_type,
+                            "aggregate_id": event.aggregate_id,
+                            "event_type": event.event_type,
+                        }
+                    )
+                )
+            else:
+                click.echo(
+                    f"position {landed.position}\tsequence {landed.sequence}\t"
+                    f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id}\t"
+                    f"{event.event_type}"
+                )
+
+    run(go())
+
+
+def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 time (UTC when no zone is given) or a duration ago, like 10m."""
+    if value is None:
+        return None
+    try:
+        return datetime.now(UTC) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither an ISO 8601 time nor a duration like 10m"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command("replay")
+@click.option("--instance", "instances", multiple=True, help="Only this instance (repeatable).")
+@click.option("--aggregate-type", "aggregate_types", multiple=True, help="Repeatable.")
+@click.option("--aggregate-id", "aggregate_ids", multiple=True, help="Repeatable.")
+@click.option(
+    "--event-type",
+    "event_types",
+    multiple=True,
+    help="Repeatable; * is a wildcard, as in notification.*",
+)
+@click.option(
+    "--since", callback=parse_time, help="Created after: ISO time (UTC if no zone) or 1h ago."
+)
+@click.option(
+    "--until", callback=parse_time, help="Created before: ISO time (UTC if no zone) or 1h ago."
+)
+@click.option("--after-position", type=int, help="Only events after this position.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["jsonl", "table"]),
+    help="Default: table on a terminal, jsonl otherwise.",
+)
+@click.pass_context
+def replay_command(
+    ctx: click.Context,
+    instances: tuple[str, ...],
+    aggregate_types: tuple[str, ...],
+    aggregate_ids: tuple[str, ...],
+    event_types: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    after_position: int | None,
+    limit: int | None,
+    output_format: str | None,
+) -> None:
+    """Stream the log in position order, for audit, in constant memory."""
+    query = EventQuery(
+        instance_ids=instances or None,
+        aggregate_types=aggregate_types or None,
+        aggregate_ids=aggregate_ids or None,
+        event_types=event_types or None,
+        created_after=since,
+        created_before=until,
+        position_after=after_position,
+        limit=limit,
+    )
+    table = (output_format or ("table" if sys.stdout.isatty() else "jsonl")) == "table"
+    out = sys.stdout
+
+    async def go() -> None:
+        async with open_database(settings_of(ctx).database) as db:
+            if table:
+                out.write(TABLE_HEADER)
+            async for event in db.store.stream(query):
+                out.write(table_row(event) if table else jsonl_row(event))
+
+    run(go())
+
+
+def jsonl_row(event: StoredEvent) -> str:
+    return (
+        json.dumps(
+            {
+                "instance_id": event.instance_id,
+                "aggregate_type": event.aggregate_type,
+                "aggregate_id": event.aggregate_id,
+                "event_type": event.event_type,
+                "payload": event.payload,
+                "owner": event.owner,
+                "creator": event.creator,
+                "sequence": event.sequence,
+                "position": event.position,
+                "created_at": event.created_at.isoformat(),
+            },
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+
+
+_COLUMNS = (("POSITION", 14), ("CREATED_AT", 20), ("INSTANCE", 12), ("AGGREGATE", 26),
+            ("SEQ", 4), ("EVENT_TYPE", 40), ("PAYLOAD", 0))  # fmt: skip
+TABLE_HEADER = "  ".join(name.ljust(width) for name, width in _COLUMNS).rstrip() + "\n"
+
+
+def table_row(event: StoredEvent) -> str:
+    created = event.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    payload = json.dumps(event.payload, ensure_ascii=False, separators=(",", ":"))
+    cells: Iterable[str] = (
+        str(event.position),
+        created,
+        event.instance_id,
+        f"{event.aggregate_type}/{event.aggregate_id}",
+        str(event.sequence),
+        event.event_type,
+        payload if len(payload) <= 80 else payload[:77] + "...",
+    )
+    return "  ".join(_fit(cell, width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+
+
+def _fit(cell: str, width: int) -> str:
+    if width == 0:
+        return cell + "\n"
+    if len(cell) > width:
+        cell = cell[: width - 1] + "…"
+    return cell.ljust(width)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the settings."""
+
+
+@config_group.command("show")
+@click.option("--format", "output_format", type=click.Choice(["yaml", "json"]), default="yaml")
+@click.pass_context
+def config_show(ctx: click.Context, output_format: str) -> None:
+    """Print the effective settings (defaults, file, environment), secrets masked."""
+    shown = settings_of(ctx).masked()
+    if output_format == "json":
+        click.echo(json.dumps(shown, indent=2))
+    else:
+        click.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())

@@ -1,0 +1,12 @@
+"""Settings: packaged defaults.yaml, then a user file, then TIDINGS_* variables."""
+
+from __future__ import annotations
+
+from tidings.config.settings import (
+    DatabaseSettings,
+    NotificationSettings,
+    Settings,
+    load_settings,
+)
+
+__all__ = ["DatabaseSettings", "NotificationSettings", "Settings", "load_settings"]

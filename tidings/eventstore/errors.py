@@ -1,0 +1,120 @@
+"""Errors of the event store, and the one place psycopg errors are translated."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import PoolTimeout
+
+from tidings.errors import TidingsError
+
+
+class EventStoreError(TidingsError):
+    """The event store failed."""
+
+    fields: ClassVar[tuple[str, ...]] = ("sqlstate",)
+
+
+class ConcurrencyError(EventStoreError):
+    """Another writer appended to the aggregate first; nothing was written."""
+
+    fields: ClassVar[tuple[str, ...]] = (
+        "instance_id",
+        "aggregate_type",
+        "aggregate_id",
+        "expected_sequence",
+        "actual_sequence",
+        "index",
+    )
+    instance_id: str | None
+    aggregate_type: str | None
+    aggregate_id: str | None
+    expected_sequence: int | None
+    actual_sequence: int | None
+    index: int | None
+
+
+class AppendTooLarge(EventStoreError):
+    """One transaction may append at most 65,536 events; split the batch."""
+
+
+class DatabaseUnavailable(EventStoreError):
+    """The database does not answer; check that it runs and that database.url is right."""
+
+    fields: ClassVar[tuple[str, ...]] = ("target",)
+
+
+class SchemaNotReady(EventStoreError):
+    """The database schema is missing or older than this tidings: run `tidings migrate`."""
+
+    fields: ClassVar[tuple[str, ...]] = ("current_version", "expected_version")
+
+
+class MigrationError(EventStoreError):
+    """A migration could not be applied."""
+
+    fields: ClassVar[tuple[str, ...]] = ("version", "name")
+
+
+class EmbeddedDatabaseError(EventStoreError):
+    """The embedded PostgreSQL could not start."""
+
+    fields: ClassVar[tuple[str, ...]] = ("data_dir",)
+
+
+# Our own SQLSTATEs, raised by tidings.append_events().
+_CONFLICT = "TD001"
+_TOO_LARGE = "TD002"
+_OUT_OF_ORDER = "TD003"
+
+
+def translate(exc: Exception) -> TidingsError:
+    """Turn a psycopg or pool error into the tidings error that says what to do."""
+    if isinstance(exc, TidingsError):
+        return exc
+    if isinstance(exc, PoolTimeout):
+        return DatabaseUnavailable(f"no database connection available: {exc}")
+    if not isinstance(exc, psycopg.Error):
+        return EventStoreError(f"event store failed: {exc}")
+    state = exc.sqlstate
+    primary = exc.diag.message_primary or str(exc)
+    if state in (_CONFLICT, _OUT_OF_ORDER):
+        detail = _detail(exc)
+        return ConcurrencyError(primary, sqlstate=state, **detail)
+    if state == _TOO_LARGE:
+        return AppendTooLarge(sqlstate=state)
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return ConcurrencyError(
+            f"concurrent append: {exc.diag.message_detail or primary}", sqlstate=state
+        )
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+        return SchemaNotReady(
+            f"the database has no tidings schema ({primary}): run `tidings migrate`",
+            sqlstate=state,
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {primary}", sqlstate=state)
+    return EventStoreError(f"database error {state}: {primary}", sqlstate=state)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise psycopg errors raised inside as tidings errors."""
+    try:
+        yield
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise translate(exc) from exc
+
+
+def _detail(exc: psycopg.Error) -> dict[str, Any]:
+    fields = ConcurrencyError.fields
+    try:
+        raw = json.loads(exc.diag.message_detail or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return {key: raw.get(key) for key in fields}

@@ -1,0 +1,170 @@
+"""The event store: append, query, ordered reads and streaming reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from tidings.eventstore.errors import translated_errors
+from tidings.eventstore.filters import compose_select
+from tidings.eventstore.models import (
+    EVENTS_CHANNEL,
+    AppendedEvent,
+    EventQuery,
+    NewEvent,
+    ReadBatch,
+    StoredEvent,
+)
+from tidings.eventstore.sql import query
+
+Connection = AsyncConnection[Any]
+
+
+class EventStore:
+    """The append-only log in PostgreSQL.
+
+    Methods that take `conn` run inside the caller's transaction when one is
+    given (the caller commits); otherwise they take a pooled connection and
+    commit on their own.
+    """
+
+    def __init__(self, *, pool: AsyncConnectionPool[Any], channel: str = EVENTS_CHANNEL) -> None:
+        self._pool = pool
+        self._channel = channel
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
+    async def append(
+        self, events: Sequence[NewEvent], *, conn: Connection | None = None
+    ) -> list[AppendedEvent]:
+        """Append all events in one transaction, or none of them.
+
+        Raises ConcurrencyError, naming the aggregate and both sequences, when an
+        expected sequence is not the aggregate's last one.
+        """
+        if not events:
+            return []
+        params = {
+            "instance_ids": [e.instance_id for e in events],
+            "aggregate_types": [e.aggregate_type for e in events],
+            "aggregate_ids": [e.aggregate_id for e in events],
+            "expected": [e.expected_sequence for e in events],
+            "event_types": [e.event_type for e in events],
+            "payloads": [Jsonb(e.payload) for e in events],
+            "owners": [e.owner for e in events],
+            "creators": [e.creator for e in events],
+            "channel": self._channel,
+        }
+        with translated_errors():
+            if conn is not None:
+                rows = await _fetch(conn, query("append_events"), params)
+            else:
+                async with self._pool.connection() as own:
+                    rows = await _fetch(own, query("append_events"), params)
+        return [AppendedEvent(position=p, sequence=s, created_at=c) for p, s, c in rows]
+
+    async def query(
+        self,
+        q: EventQuery,
+        *,
+        conn: Connection | None = None,
+        for_update_skip_locked: bool = False,
+    ) -> list[StoredEvent]:
+        """Events matching `q` in position order.
+
+        With `for_update_skip_locked`, the rows are locked for the caller's
+        transaction and rows another transaction holds are passed over, so
+        concurrent workers never get the same event; that needs `conn`.
+        """
+        if for_update_skip_locked and conn is None:
+            raise ValueError("for_update_skip_locked needs the caller's transaction (conn)")
+        statement, params = compose_select(q, for_update=for_update_skip_locked)
+        with translated_errors():
+            if conn is not None:
+                rows = await _fetch(conn, statement, params)
+            else:
+                async with self._pool.connection() as own:
+                    rows = await _fetch(own, statement, params)
+        return [StoredEvent.from_row(row) for row in rows]
+
+    async def read_ordered(
+        self,
+        *,
+        after: int,
+        limit: int = 500,
+        event_types: Sequence[str] | None = None,
+        conn: Connection | None = None,
+    ) -> ReadBatch:
+        """The next events after position `after`, never skipping a late commit.
+
+        Only events of finished transactions are returned (see the read_ordered
+        query); `resume_after` is where the next call continues.
+        """
+        params = {
+            "after": after,
+            "limit": limit,
+            "event_types": list(event_types) if event_types is not None else None,
+        }
+        with translated_errors():
+            if conn is not None:
+                rows = await _fetch(conn, query("read_ordered"), params)
+            else:
+                async with self._pool.connection() as own:
+                    rows = await _fetch(own, query("read_ordered"), params)
+        events = tuple(StoredEvent.from_row(row) for row in rows if row[9] is not None)
+        horizon: int = rows[0][10]
+        if len(events) == limit:
+            resume_after = events[-1].position
+        else:
+            # Fewer than asked: everything below the horizon has been seen.
+            resume_after = max(after, horizon - 1)
+        return ReadBatch(events=events, resume_after=resume_after)
+
+    async def stream(self, q: EventQuery, *, batch_size: int = 2000) -> AsyncIterator[StoredEvent]:
+        """Every event matching `q`, in position order, through a server-side cursor.
+
+        Memory stays constant whatever the size of the log: rows arrive
+        `batch_size` at a time from one snapshot.
+        """
+        statement, params = compose_select(q)
+        with translated_errors():
+            async with self._pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor(name="tidings_stream")
+                cursor.itersize = batch_size
+                async with cursor:
+                    await cursor.execute(statement, params)
+                    async for row in cursor:
+                        yield StoredEvent.from_row(row)
+
+    async def last_position(self) -> int:
+        """The highest position in the log (0 when empty)."""
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                rows = await _fetch(conn, query("last_position"), {})
+        return int(rows[0][0])
+
+    async def aggregate_sequence(
+        self, *, instance_id: str, aggregate_type: str, aggregate_id: str
+    ) -> int:
+        """The aggregate's last sequence (0 when it has no events)."""
+        params = {
+            "instance_id": instance_id,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+        }
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                rows = await _fetch(conn, query("aggregate_sequence"), params)
+        return int(rows[0][0])
+
+
+async def _fetch(conn: Connection, statement: Any, params: Any) -> list[tuple[Any, ...]]:
+    async with conn.cursor() as cur:
+        await cur.execute(statement, params)
+        return await cur.fetchall()

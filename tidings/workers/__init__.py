@@ -1,0 +1,3 @@
+"""The worker pool: request and retry workers, claiming, attempts, shutdown."""
+
+from __future__ import annotations
