@@ -175,3 +175,18 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     listed.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_settings(listed)
+
+
+def test_keys_that_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_NOTIFICATIONS_MIN_RETRY_DELAY", "30s")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    (line,) = str(caught.value).splitlines()
+    assert line == (
+        "invalid settings in section notifications: "
+        "min_retry_delay (30s) must not exceed max_retry_delay (20s)"
+    )
+    monkeypatch.delenv("TIDINGS_NOTIFICATIONS_MIN_RETRY_DELAY")
+    monkeypatch.setenv("TIDINGS_DATABASE_POOL_MIN_SIZE", "20")
+    with pytest.raises(ConfigError, match=r"pool_min_size \(20\) must not exceed"):
+        load_settings()

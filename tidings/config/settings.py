@@ -16,11 +16,11 @@ from typing import Any
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tidings.config.durations import DURATION_HELP, Duration
+from tidings.config.durations import DURATION_HELP, Duration, format_duration
 from tidings.config.masking import mask_url
 from tidings.errors import ConfigError
 
@@ -39,6 +39,15 @@ class DatabaseSettings(_Section):
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+
+    @model_validator(mode="after")
+    def _pool_sizes_agree(self) -> DatabaseSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) must not exceed "
+                f"pool_max_size ({self.pool_max_size})"
+            )
+        return self
 
     def embedded_data_dir(self) -> Path:
         """Where the embedded PostgreSQL keeps its data when no url is set."""
@@ -60,6 +69,15 @@ class NotificationSettings(_Section):
     min_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     max_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=20))
     retry_delay_factor: float = Field(default=1.5, ge=0)
+
+    @model_validator(mode="after")
+    def _retry_delays_agree(self) -> NotificationSettings:
+        if self.min_retry_delay > self.max_retry_delay:
+            raise ValueError(
+                f"min_retry_delay ({format_duration(self.min_retry_delay)}) must not exceed "
+                f"max_retry_delay ({format_duration(self.max_retry_delay)})"
+            )
+        return self
 
 
 class Settings(BaseSettings):
@@ -167,6 +185,8 @@ def _describe(error: Any) -> str:
         message = f"expected {DURATION_HELP}"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    if isinstance(value, dict):  # a rule across keys of one section
+        return f"invalid settings in section {key}: {message}"
     return f"invalid setting {key} (env {env}) = {value!r}: {message}"
 
 

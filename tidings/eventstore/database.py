@@ -63,7 +63,7 @@ async def open_database(
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         conninfo,
         min_size=settings.pool_min_size,
-        max_size=max(settings.pool_max_size, settings.pool_min_size),
+        max_size=settings.pool_max_size,
         timeout=timeout,
         open=False,
         name="tidings",
