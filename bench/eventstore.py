@@ -8,8 +8,8 @@ Measures, on N events (default 100,000), the wall time and events per second of:
 3. the ordered reader: `store.read_ordered(limit=1000)` following `resume_after`,
 4. streaming: in process through `store.stream`, untraced for speed and again
    under tracemalloc for its peak; then the real CLI, `python -m tidings replay
-   --format jsonl > /dev/null`, whose peak RSS (from os.wait4) is shown for 1
-   event and for all N, so constant replay memory shows as two similar figures.
+   --format jsonl > /dev/null`, whose peak RSS (os.wait4's rusage) is shown for
+   1 event and for all N, so constant replay memory shows as two close figures.
 
 The reads cover exactly the N batch-appended events (every position after the
 single-event phase). Machine details come first.
@@ -114,6 +114,19 @@ def row(label: str, events: int, seconds: float, note: str = "") -> None:
     print(f"  {label:<38} {events:>9,} {seconds:>9.2f} s {rate:>11,.0f} ev/s  {note}".rstrip())
 
 
+# Runs the replay as its child and prints that child's wall time and peak RSS. Not
+# spawned from the benchmark itself: on Linux a child's ru_maxrss starts at the RSS
+# of the process that forked it, so the benchmark's ~200 MiB would hide the
+# replay's own figure; this small interpreter's ~10 MiB does not.
+TIMER = """
+import os, subprocess, sys, time
+started = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_replay(conninfo: str, after: int, limit: int | None) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of `python -m tidings replay` into /dev/null."""
     cmd = [sys.executable, "-m", "tidings", "--log-level", "warning", "replay", "--format",
@@ -121,18 +134,12 @@ def run_replay(conninfo: str, after: int, limit: int | None) -> tuple[float, int
     if limit is not None:
         cmd += ["--limit", str(limit)]
     env = {**os.environ, "TIDINGS_DATABASE_URL": conninfo}
-    started = time.perf_counter()
-    with open(os.devnull, "wb") as devnull:
-        proc = subprocess.Popen(cmd, stdout=devnull, env=env)
-        # wait4 gives this one child's own rusage, unlike RUSAGE_CHILDREN, whose
-        # ru_maxrss is the largest of all children so far (initdb, pg_ctl, ...).
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"replay failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    out = subprocess.run([sys.executable, "-c", TIMER, *cmd], env=env, stdout=subprocess.PIPE)
+    fields = out.stdout.split()
+    if out.returncode != 0 or len(fields) != 3 or int(fields[2]) != 0:
+        raise SystemExit(f"replay failed: {' '.join(cmd)}")
     unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-    return seconds, usage.ru_maxrss * unit
+    return float(fields[0]), int(fields[1]) * unit
 
 
 async def stream_count(store: EventStore, after: int) -> int:
@@ -210,9 +217,9 @@ async def bench(conninfo: str, where: str, events: int, singles: int, reuse: boo
 
         one_s, one_rss = await asyncio.to_thread(run_replay, conninfo, start, 1)
         all_s, all_rss = await asyncio.to_thread(run_replay, conninfo, start, None)
-        replay = "replay CLI, jsonl > /dev/null"
-        row(f"{replay}, 1 event", 1, one_s, f"peak RSS {one_rss / 2**20:.1f} MiB")
-        row(replay, events, all_s, f"peak RSS {all_rss / 2**20:.1f} MiB")
+        replay, mib = "replay CLI, jsonl > /dev/null", 2**20
+        row(f"{replay}, 1 event", 1, one_s, f"peak RSS {one_rss / mib:.1f} MiB (start-up)")
+        row(replay, events, all_s, f"peak RSS {all_rss / mib:.1f} MiB")
 
         async with db.pool.connection() as conn:
             cur = await conn.execute(
@@ -233,6 +240,8 @@ def main() -> None:
     parser.add_argument("--database-url", help="use this database (default: throwaway pgserver)")
     parser.add_argument("--reuse", action="store_true", help="accept a log that holds events")
     args = parser.parse_args()
+    if args.events < 1 or (args.single_events or 0) < 0:
+        parser.error("--events must be positive and --single-events not negative")
     singles = args.single_events if args.single_events is not None else max(1, args.events // 10)
 
     if args.database_url:

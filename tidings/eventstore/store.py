@@ -104,7 +104,10 @@ class EventStore:
         """The next events after position `after`, never skipping a late commit.
 
         Only events of finished transactions are returned (see the read_ordered
-        query); `resume_after` is where the next call continues.
+        query); `resume_after` is where the next call continues. A batch with
+        no events means the reader has caught up. Any write transaction still
+        open on the server, in any database, holds the horizon back until it
+        ends: keep write transactions short.
         """
         params = {
             "after": after,

@@ -17,7 +17,6 @@ CREATE TABLE tidings.events (
     creator        text        NOT NULL DEFAULT '',
     created_at     timestamptz NOT NULL DEFAULT now(),
     position       bigint      NOT NULL,
-    tx_id          bigint      GENERATED ALWAYS AS (position >> 16) STORED,
     CONSTRAINT events_aggregate_sequence
         PRIMARY KEY (instance_id, aggregate_type, aggregate_id, sequence),
     CONSTRAINT events_position UNIQUE (position),
@@ -26,7 +25,8 @@ CREATE TABLE tidings.events (
 );
 
 COMMENT ON TABLE tidings.events IS 'Append-only event log; write through tidings.append_events only.';
-COMMENT ON COLUMN tidings.events.position IS '(tx_id << 16) + index within the transaction';
+COMMENT ON COLUMN tidings.events.position IS
+    '(id of the writing transaction << 16) + index within it; position >> 16 is the transaction id';
 
 -- Appends events atomically. Each element of the arrays is one event; an
 -- expected sequence is the aggregate's last sequence as the writer saw it (0
@@ -55,9 +55,9 @@ DECLARE
     n          integer := coalesce(array_length(p_event_types, 1), 0);
     lock_key   integer;
     tx_base    bigint;
-    next_pos   bigint;
-    last_seq   bigint;
-    last_pos   bigint;
+    first_pos  bigint;
+    sequences  bigint[];  -- the sequence each event gets
+    heads      bigint[];  -- the position of its aggregate's last stored event
     wake       jsonb;
 BEGIN
     IF n = 0 THEN
@@ -72,43 +72,50 @@ BEGIN
     END LOOP;
 
     tx_base := (pg_current_xact_id()::text::bigint) << 16;
-    SELECT coalesce(max(e.position) + 1, tx_base) INTO next_pos
+    SELECT coalesce(max(e.position) + 1, tx_base) INTO first_pos
     FROM tidings.events e
     WHERE e.position >= tx_base AND e.position < tx_base + 65536;
+    IF first_pos + n > tx_base + 65536 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'TD002',
+            MESSAGE = 'one transaction may append at most 65536 events';
+    END IF;
+
+    -- Each event's sequence: its aggregate's last one plus its rank in the batch.
+    SELECT array_agg(coalesce(h.sequence, 0) + b.nth ORDER BY b.ord),
+           array_agg(h.position ORDER BY b.ord)
+    INTO sequences, heads
+    FROM (
+        SELECT u.i, u.t, u.a, u.ord,
+               row_number() OVER (PARTITION BY u.i, u.t, u.a ORDER BY u.ord) AS nth
+        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids)
+             WITH ORDINALITY AS u(i, t, a, ord)
+    ) b
+    LEFT JOIN LATERAL (
+        SELECT e.sequence, e.position
+        FROM tidings.events e
+        WHERE e.instance_id = b.i AND e.aggregate_type = b.t AND e.aggregate_id = b.a
+        ORDER BY e.sequence DESC
+        LIMIT 1
+    ) h ON true;
 
     FOR i IN 1..n LOOP
-        last_seq := NULL;
-        last_pos := NULL;
-        SELECT e.sequence, e.position INTO last_seq, last_pos
-        FROM tidings.events e
-        WHERE e.instance_id = p_instance_ids[i]
-          AND e.aggregate_type = p_aggregate_types[i]
-          AND e.aggregate_id = p_aggregate_ids[i]
-        ORDER BY e.sequence DESC
-        LIMIT 1;
-        last_seq := coalesce(last_seq, 0);
-
-        IF p_expected[i] IS NOT NULL AND p_expected[i] <> last_seq THEN
+        IF p_expected[i] IS NOT NULL AND p_expected[i] <> sequences[i] - 1 THEN
             RAISE EXCEPTION USING
                 ERRCODE = 'TD001',
                 MESSAGE = format(
                     'concurrent append to %s/%s/%s: expected sequence %s, the aggregate is at %s',
                     p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i],
-                    p_expected[i], last_seq),
+                    p_expected[i], sequences[i] - 1),
                 DETAIL = jsonb_build_object(
                     'index', i - 1,
                     'instance_id', p_instance_ids[i],
                     'aggregate_type', p_aggregate_types[i],
                     'aggregate_id', p_aggregate_ids[i],
                     'expected_sequence', p_expected[i],
-                    'actual_sequence', last_seq)::text;
+                    'actual_sequence', sequences[i] - 1)::text;
         END IF;
-        IF next_pos >= tx_base + 65536 THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'TD002',
-                MESSAGE = 'one transaction may append at most 65536 events';
-        END IF;
-        IF last_pos IS NOT NULL AND last_pos >= next_pos THEN
+        IF heads[i] >= first_pos THEN
             RAISE EXCEPTION USING
                 ERRCODE = 'TD003',
                 MESSAGE = format(
@@ -121,29 +128,33 @@ BEGIN
                     'aggregate_type', p_aggregate_types[i],
                     'aggregate_id', p_aggregate_ids[i],
                     'expected_sequence', p_expected[i],
-                    'actual_sequence', last_seq)::text;
+                    'actual_sequence', sequences[i] - 1)::text;
         END IF;
+    END LOOP;
 
+    RETURN QUERY
+    WITH inserted AS (
         INSERT INTO tidings.events AS e (
             instance_id, aggregate_type, aggregate_id, sequence, event_type,
             payload, owner, creator, position)
-        VALUES (
-            p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i], last_seq + 1,
-            p_event_types[i], p_payloads[i], coalesce(p_owners[i], ''),
-            coalesce(p_creators[i], ''), next_pos)
+        SELECT u.i, u.t, u.a, u.seq, u.et, u.payload,
+               coalesce(u.owner, ''), coalesce(u.creator, ''), first_pos + u.ord - 1
+        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids, sequences,
+                    p_event_types, p_payloads, p_owners, p_creators)
+             WITH ORDINALITY AS u(i, t, a, seq, et, payload, owner, creator, ord)
         RETURNING e.position, e.sequence, e.created_at
-        INTO out_position, out_sequence, out_created_at;
-        RETURN NEXT;
-        next_pos := next_pos + 1;
-    END LOOP;
+    )
+    SELECT inserted.position, inserted.sequence, inserted.created_at
+    FROM inserted
+    ORDER BY inserted.position;
 
     -- The wake-up is delivered when (and only if) the transaction commits.
     wake := jsonb_build_object(
-        'position', next_pos - 1,
+        'position', first_pos + n - 1,
         'instance_ids', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_instance_ids) x),
         'event_types', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_event_types) x));
     IF length(wake::text) > 7000 THEN
-        wake := jsonb_build_object('position', next_pos - 1);
+        wake := jsonb_build_object('position', first_pos + n - 1);
     END IF;
     PERFORM pg_notify(p_channel, wake::text);
 END;

@@ -2,10 +2,11 @@
 -- and runs to the next one; values are always bound parameters.
 
 -- name: append_events
+-- The arrays go as binary parameters: payloads above all travel unquoted.
 SELECT out_position, out_sequence, out_created_at
 FROM tidings.append_events(
-    %(instance_ids)s, %(aggregate_types)s, %(aggregate_ids)s, %(expected)s,
-    %(event_types)s, %(payloads)s, %(owners)s, %(creators)s, %(channel)s);
+    %(instance_ids)b, %(aggregate_types)b, %(aggregate_ids)b, %(expected)b,
+    %(event_types)b, %(payloads)b, %(owners)b, %(creators)b, %(channel)s);
 
 -- name: select_events
 -- The filters are composed from fixed fragments (tidings.eventstore.filters).
