@@ -5,8 +5,15 @@ from __future__ import annotations
 from tidings.config.settings import (
     DatabaseSettings,
     NotificationSettings,
+    ProjectionSettings,
     Settings,
     load_settings,
 )
 
-__all__ = ["DatabaseSettings", "NotificationSettings", "Settings", "load_settings"]
+__all__ = [
+    "DatabaseSettings",
+    "NotificationSettings",
+    "ProjectionSettings",
+    "Settings",
+    "load_settings",
+]

@@ -69,6 +69,7 @@ class NotificationSettings(_Section):
     min_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     max_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=20))
     retry_delay_factor: float = Field(default=1.5, ge=0)
+    notify_on_password_change: bool = False
 
     @model_validator(mode="after")
     def _retry_delays_agree(self) -> NotificationSettings:
@@ -78,6 +79,12 @@ class NotificationSettings(_Section):
                 f"max_retry_delay ({format_duration(self.max_retry_delay)})"
             )
         return self
+
+
+class ProjectionSettings(_Section):
+    batch_size: int = Field(default=500, ge=1)
+    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
+    leader_retry_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
 
 
 class Settings(BaseSettings):
@@ -93,6 +100,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain values, with every secret masked."""

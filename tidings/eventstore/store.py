@@ -153,7 +153,12 @@ class EventStore:
         return int(rows[0][0])
 
     async def aggregate_sequence(
-        self, *, instance_id: str, aggregate_type: str, aggregate_id: str
+        self,
+        *,
+        instance_id: str,
+        aggregate_type: str,
+        aggregate_id: str,
+        conn: Connection | None = None,
     ) -> int:
         """The aggregate's last sequence (0 when it has no events)."""
         params = {
@@ -162,8 +167,11 @@ class EventStore:
             "aggregate_id": aggregate_id,
         }
         with translated_errors():
-            async with self._pool.connection() as conn:
+            if conn is not None:
                 rows = await _fetch(conn, query("aggregate_sequence"), params)
+            else:
+                async with self._pool.connection() as own:
+                    rows = await _fetch(own, query("aggregate_sequence"), params)
         return int(rows[0][0])
 
 

@@ -1,3 +1,40 @@
 """Read models and process managers fed by the event log."""
 
 from __future__ import annotations
+
+from tidings.config import Settings
+from tidings.eventstore import Database
+from tidings.projections.base import Clock, InvalidEvent, Projection, utc_now
+from tidings.projections.leader import LeaderLock
+from tidings.projections.projector import ProjectionStatus, Projector
+from tidings.projections.requests import RequestsProjection
+from tidings.projections.users import UsersProjection, all_users, notify_user
+
+
+def default_projections(
+    db: Database, settings: Settings, *, clock: Clock = utc_now
+) -> list[Projection]:
+    """Every projection tidings runs, in the order they see each event.
+
+    users comes first, so a request sees the user as of its own event.
+    """
+    return [
+        UsersProjection(),
+        RequestsProjection(store=db.store, settings=settings.notifications, clock=clock),
+    ]
+
+
+__all__ = [
+    "Clock",
+    "InvalidEvent",
+    "LeaderLock",
+    "Projection",
+    "ProjectionStatus",
+    "Projector",
+    "RequestsProjection",
+    "UsersProjection",
+    "all_users",
+    "default_projections",
+    "notify_user",
+    "utc_now",
+]

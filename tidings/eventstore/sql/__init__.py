@@ -1,9 +1,14 @@
-"""SQL of the event store, as named blocks loaded once from the .sql files here."""
+"""SQL as named blocks in .sql files, loaded once per package.
+
+Each block starts with `-- name: NAME` and runs to the next one; values are
+always bound parameters. Other rooms keep their own .sql files and load them
+with `QueryFiles`.
+"""
 
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cached_property
 from importlib import resources
 
 from psycopg import sql
@@ -22,22 +27,27 @@ def parse_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
-@cache
-def queries() -> dict[str, str]:
-    """Every named block of every .sql file in this package."""
-    found: dict[str, str] = {}
-    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".sql"):
-            for name, body in parse_blocks(entry.read_text("utf-8")).items():
-                if name in found:
-                    raise ValueError(f"query {name!r} is defined in two files")
-                found[name] = body
-    return found
+class QueryFiles:
+    """The named blocks of every .sql file in one package."""
+
+    def __init__(self, package: str) -> None:
+        self._package = package
+
+    @cached_property
+    def blocks(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        files = sorted(resources.files(self._package).iterdir(), key=lambda e: e.name)
+        for entry in files:
+            if entry.name.endswith(".sql"):
+                for name, body in parse_blocks(entry.read_text("utf-8")).items():
+                    if name in found:
+                        raise ValueError(f"query {name!r} is defined in two files")
+                    found[name] = body
+        return found
+
+    def __call__(self, name: str) -> sql.SQL:
+        """One named query. The blocks are the package's own static files, never input."""
+        return sql.SQL(self.blocks[name])
 
 
-def query(name: str) -> sql.SQL:
-    """One named query, as SQL text psycopg accepts.
-
-    The blocks are this package's own static files, never input.
-    """
-    return sql.SQL(queries()[name])
+query = QueryFiles(__name__)

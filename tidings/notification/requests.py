@@ -1,0 +1,88 @@
+"""A notification request and what a worker needs to know about its user."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.config.durations import Duration
+from tidings.notification.messages import Channel, MessageType
+
+NOTIFICATION_AGGREGATE = "notification"
+REQUESTED = "notification.requested"
+
+# Notification ids are derived from their source event, so re-running the
+# projector or replaying the log can never request the same message twice.
+_NAMESPACE = uuid.UUID("6f1c1d2e-8a7b-5c3d-9e4f-0a1b2c3d4e5f")
+
+
+def notification_id(
+    *, instance_id: str, aggregate_type: str, aggregate_id: str, sequence: int
+) -> str:
+    """The id of the notification that a source event asks for."""
+    key = "\x1f".join((instance_id, aggregate_type, aggregate_id, str(sequence)))
+    return str(uuid.uuid5(_NAMESPACE, key))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceRef(_Frozen):
+    """The source event a notification was requested for."""
+
+    aggregate_type: str
+    aggregate_id: str
+    sequence: int
+    event_type: str
+    position: int
+    created_at: datetime
+
+
+class Request(_Frozen):
+    """Everything a worker needs to render and send one message.
+
+    The code stays encrypted; it is decrypted only to render the message.
+    """
+
+    user_id: str
+    resource_owner: str
+    source: SourceRef
+    message_type: MessageType
+    channel: Channel
+    sent_event_type: str
+    url_template: str | None = None
+    code: Any = None
+    code_expiry: Duration | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    is_otp: bool = False
+    unverified_channel: bool = False
+
+
+class NotificationRequested(_Frozen):
+    """Payload of notification.requested."""
+
+    request: Request
+
+
+class NotifyUser(_Frozen):
+    """The user as a message sees it; retries render from the first attempt's copy."""
+
+    instance_id: str
+    user_id: str
+    resource_owner: str = ""
+    username: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    display_name: str = ""
+    preferred_language: str = ""
+    last_email: str | None = None
+    verified_email: str | None = None
+    last_phone: str | None = None
+    verified_phone: str | None = None
+    state: str = "active"
+    sequence: int = 0
+    change_date: datetime | None = None

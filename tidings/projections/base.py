@@ -1,0 +1,43 @@
+"""What a projection is, for the projector that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+from psycopg import AsyncConnection
+
+from tidings.errors import TidingsError
+from tidings.eventstore import StoredEvent
+
+Clock = Callable[[], datetime]
+Connection = AsyncConnection[Any]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class InvalidEvent(TidingsError):
+    """The event cannot be projected; it is recorded as a projection failure and skipped."""
+
+    fields: ClassVar[tuple[str, ...]] = ("position", "event_type")
+
+
+class Projection(Protocol):
+    """A read model or process manager fed by the log, one event at a time.
+
+    `handle` runs inside the projector's transaction (a savepoint per event);
+    whatever it writes commits together with the projection's checkpoint.
+    It raises InvalidEvent for an event it cannot use.
+    """
+
+    name: str
+    event_types: frozenset[str]
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None: ...
+
+    async def reset(self, conn: Connection) -> None:
+        """Forget the read model, so a rebuild can replay it from the log."""
+        ...

@@ -1,0 +1,323 @@
+"""The projector: feeds projections from the log, exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+)
+
+from tidings.config import ProjectionSettings
+from tidings.eventstore import Database, DatabaseUnavailable, StoredEvent, wakeups
+from tidings.eventstore.errors import translate
+from tidings.projections.base import Connection, InvalidEvent, Projection
+from tidings.projections.leader import LeaderLock
+from tidings.projections.sql import query
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMoved(DatabaseUnavailable):
+    """Another projector advanced the checkpoint first; this batch was rolled back."""
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    position: int
+    lag_events: int
+    oldest_unhandled: datetime | None
+    failures: int
+
+
+class Projector:
+    """Runs projections over the log.
+
+    Each batch is read with the ordered reader (so a late commit is never
+    skipped) and handled in one transaction that also advances every
+    projection's checkpoint: effects and checkpoint commit together or not at
+    all, so a crash can neither lose nor double an event. An event a
+    projection cannot handle is recorded in projection_failures and skipped.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        projections: Sequence[Projection],
+        settings: ProjectionSettings,
+    ) -> None:
+        if not projections:
+            raise ValueError("a projector needs at least one projection")
+        self._db = db
+        self._projections = list(projections)
+        self._settings = settings
+        self._types = sorted(set().union(*(p.event_types for p in projections)))
+        self._checkpoints_exist = False
+
+    @property
+    def projections(self) -> list[Projection]:
+        return list(self._projections)
+
+    async def step(self, *, conn: Connection | None = None) -> int:
+        """Handle the next batch; returns how many events it covered (0: caught up).
+
+        With `conn`, runs inside the caller's transaction (used by rebuilds).
+        """
+        if conn is not None:
+            return await self._step(conn)
+        try:
+            async with self._db.pool.connection() as own, own.transaction():
+                return await self._step(own)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    async def _step(self, conn: Connection) -> int:
+        if not self._checkpoints_exist:
+            # Separate from the batch: an insert takes a transaction id, and a
+            # batch transaction holding one would hold its own reads back.
+            await self._ensure_checkpoints()
+        positions = await self._checkpoints(conn)
+        after = min(positions.values())
+        batch = await self._db.store.read_ordered(
+            after=after, limit=self._settings.batch_size, event_types=self._types, conn=conn
+        )
+        for event in batch.events:
+            for projection in self._projections:
+                if event.position > positions[projection.name] and (
+                    event.event_type in projection.event_types
+                ):
+                    await self._handle(projection, event, conn)
+        # The checkpoints move up to the horizon even without events, so the
+        # next read starts there; that alone is no progress (the write itself
+        # takes a transaction id, which moves the horizon on), hence the
+        # return value counts events only.
+        for projection in self._projections:
+            old = positions[projection.name]
+            new = max(old, batch.resume_after)
+            if new != old:
+                cur = await conn.execute(
+                    query("checkpoint_advance"),
+                    {"name": projection.name, "position": new, "expected": old},
+                )
+                if cur.rowcount != 1:
+                    raise CheckpointMoved(
+                        f"projection {projection.name}: another projector moved the checkpoint "
+                        f"from {old}; this batch was rolled back"
+                    )
+        return len(batch.events)
+
+    async def _ensure_checkpoints(self) -> None:
+        async with self._db.pool.connection() as conn, conn.transaction():
+            for projection in self._projections:
+                await conn.execute(query("checkpoint_ensure"), {"name": projection.name})
+        self._checkpoints_exist = True
+
+    async def _checkpoints(self, conn: Connection) -> dict[str, int]:
+        positions: dict[str, int] = {}
+        for projection in self._projections:
+            cur = await conn.execute(query("checkpoint_get"), {"name": projection.name})
+            row = await cur.fetchone()
+            positions[projection.name] = int(row[0]) if row else 0
+        return positions
+
+    async def _handle(self, projection: Projection, event: StoredEvent, conn: Connection) -> None:
+        try:
+            async with conn.transaction():  # a savepoint: a failed event undoes only itself
+                await projection.handle(event, conn)
+        except InvalidEvent as exc:
+            await self._record_failure(projection, event, str(exc), conn)
+        except psycopg.Error as exc:
+            error = translate(exc)
+            if isinstance(error, DatabaseUnavailable):
+                raise error from exc
+            await self._record_failure(projection, event, str(error), conn)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # a bug must not stop the projector: record, skip, tell
+            log.exception("projection %s failed on position %s", projection.name, event.position)
+            await self._record_failure(projection, event, f"{type(exc).__name__}: {exc}", conn)
+
+    async def _record_failure(
+        self, projection: Projection, event: StoredEvent, error: str, conn: Connection
+    ) -> None:
+        log.warning(
+            "projection %s skipped %s at position %s (%s %s/%s seq %s): %s",
+            projection.name, event.event_type, event.position, event.instance_id,
+            event.aggregate_type, event.aggregate_id, event.sequence, error,
+        )  # fmt: skip
+        await conn.execute(
+            query("failure_record"),
+            {
+                "name": projection.name,
+                "position": event.position,
+                "instance_id": event.instance_id,
+                "aggregate_type": event.aggregate_type,
+                "aggregate_id": event.aggregate_id,
+                "sequence": event.sequence,
+                "event_type": event.event_type,
+                "error": error,
+            },
+        )
+
+    async def catch_up(self, *, give_up_after: float | None = 30.0) -> int:
+        """Handle batches until none is left; returns the events covered.
+
+        A database that went away is retried with backoff for `give_up_after`
+        seconds (None: for ever) without advancing.
+        """
+        total = 0
+        while covered := await self._retrying(self.step, give_up_after):
+            total += covered
+        return total
+
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event,
+        leader: LeaderLock | None = None,
+        until_idle: bool = False,
+    ) -> None:
+        """Project until `stop` is set (or, with `until_idle`, until caught up).
+
+        With a leader lock, only projects while holding it, and stands by otherwise.
+        """
+        poll = self._settings.poll_every.total_seconds()
+        wake = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake, poll))
+        try:
+            while not stop.is_set():
+                if leader is not None and not await leader.acquire(stop):
+                    return
+                checked = time.monotonic()
+                while not stop.is_set():
+                    covered = await self._retrying(self.step, None if not until_idle else 30.0)
+                    if covered:
+                        continue
+                    if until_idle:
+                        return
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_first(wake, stop), poll)
+                    if leader is not None and time.monotonic() - checked >= poll:
+                        checked = time.monotonic()
+                        if not await leader.still_held():
+                            break
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            if leader is not None:
+                await leader.release()
+
+    async def _listen(self, wake: asyncio.Event, poll: float) -> None:
+        relevant = set(self._types)
+        async for woke in wakeups(self._db.conninfo, timeout=poll):
+            if woke is None or not woke.event_types or relevant & set(woke.event_types):
+                wake.set()
+
+    async def _retrying(self, step: Callable[[], Any], give_up_after: float | None) -> int:
+        def tell(state: RetryCallState) -> None:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            delay = state.next_action.sleep if state.next_action else 0
+            log.warning(
+                "projector: %s; retrying in %.1fs without advancing (try %d)",
+                error, delay, state.attempt_number,
+            )  # fmt: skip
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=wait_exponential(multiplier=0.2, max=10),
+            stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
+            before_sleep=tell,
+            reraise=True,
+        ):
+            with attempt:
+                result: int = await step()
+        return result
+
+    async def status(self) -> list[ProjectionStatus]:
+        """Each projection's checkpoint, how many events it has still to handle, failures."""
+        out: list[ProjectionStatus] = []
+        await self._ensure_checkpoints()
+        async with self._db.pool.connection() as conn:
+            positions = await self._checkpoints(conn)
+            for projection in self._projections:
+                position = positions[projection.name]
+                cur = await conn.execute(
+                    query("lag_of"),
+                    {"position": position, "event_types": sorted(projection.event_types)},
+                )
+                lag = await cur.fetchone()
+                cur = await conn.execute(query("failures_count"), {"name": projection.name})
+                failures = await cur.fetchone()
+                out.append(
+                    ProjectionStatus(
+                        name=projection.name,
+                        position=position,
+                        lag_events=int(lag[0]) if lag else 0,
+                        oldest_unhandled=lag[1] if lag else None,
+                        failures=int(failures[0]) if failures else 0,
+                    )
+                )
+        return out
+
+    async def failures(self, name: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The events projection `name` skipped, newest first."""
+        async with (
+            self._db.pool.connection() as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(query("failures_of"), {"name": name, "limit": limit})
+            return list(await cur.fetchall())
+
+    async def events_to_replay(self) -> int:
+        """How many events a rebuild of this projector's projections reads."""
+        async with self._db.pool.connection() as conn:
+            cur = await conn.execute(query("lag_of"), {"position": 0, "event_types": self._types})
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def rebuild(self, *, progress: Callable[[int], None] | None = None) -> int:
+        """Reset every projection of this projector and replay it from the log.
+
+        One transaction: until it commits, readers keep seeing the old read
+        model, never a half-built one. Returns the events replayed.
+        """
+        total = 0
+        async with self._db.pool.connection() as conn, conn.transaction():
+            for projection in self._projections:
+                await projection.reset(conn)
+                await conn.execute(query("checkpoint_ensure"), {"name": projection.name})
+                await conn.execute(query("checkpoint_reset"), {"name": projection.name})
+                await conn.execute(query("failures_reset"), {"name": projection.name})
+            while covered := await self.step(conn=conn):
+                total += covered
+                if progress is not None:
+                    progress(covered)
+        return total
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,96 @@
+-- The users read model: one row per instance and user.
+
+-- name: user_added
+INSERT INTO tidings.users AS u (
+    instance_id, user_id, resource_owner, username, first_name, last_name,
+    display_name, preferred_language, last_email, verified_email, last_phone,
+    verified_phone, state, sequence, change_date)
+VALUES (
+    %(instance_id)s, %(user_id)s, %(resource_owner)s, %(username)s, %(first_name)s,
+    %(last_name)s, %(display_name)s, %(preferred_language)s, %(email)s,
+    CASE WHEN %(email_verified)s THEN %(email)s END, %(phone)s,
+    CASE WHEN %(phone_verified)s THEN %(phone)s END, 'active', %(sequence)s, %(change_date)s)
+ON CONFLICT (instance_id, user_id) DO UPDATE SET
+    resource_owner = excluded.resource_owner,
+    username = excluded.username,
+    first_name = excluded.first_name,
+    last_name = excluded.last_name,
+    display_name = excluded.display_name,
+    preferred_language = excluded.preferred_language,
+    last_email = excluded.last_email,
+    verified_email = excluded.verified_email,
+    last_phone = excluded.last_phone,
+    verified_phone = excluded.verified_phone,
+    state = 'active',
+    sequence = excluded.sequence,
+    change_date = excluded.change_date;
+
+-- name: user_profile_changed
+UPDATE tidings.users SET
+    first_name = coalesce(%(first_name)s, first_name),
+    last_name = coalesce(%(last_name)s, last_name),
+    display_name = coalesce(%(display_name)s, display_name),
+    preferred_language = coalesce(%(preferred_language)s, preferred_language),
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_email_changed
+-- A new address is unverified until user.human.email.verified; until then
+-- verified messages still go to the last verified one.
+UPDATE tidings.users SET
+    last_email = %(email)s,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_email_verified
+UPDATE tidings.users SET
+    verified_email = last_email,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_phone_changed
+UPDATE tidings.users SET
+    last_phone = %(phone)s,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_phone_verified
+UPDATE tidings.users SET
+    verified_phone = last_phone,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_phone_removed
+UPDATE tidings.users SET
+    last_phone = NULL, verified_phone = NULL,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_username_changed
+UPDATE tidings.users SET
+    username = %(username)s,
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_removed
+UPDATE tidings.users SET
+    state = 'removed',
+    sequence = %(sequence)s, change_date = %(change_date)s
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: user_get
+SELECT instance_id, user_id, resource_owner, username, first_name, last_name, display_name,
+       preferred_language, last_email, verified_email, last_phone, verified_phone, state,
+       sequence, change_date
+FROM tidings.users
+WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
+
+-- name: users_all
+SELECT instance_id, user_id, resource_owner, username, first_name, last_name, display_name,
+       preferred_language, last_email, verified_email, last_phone, verified_phone, state,
+       sequence, change_date
+FROM tidings.users
+ORDER BY instance_id, user_id;
+
+-- name: users_reset
+DELETE FROM tidings.users;

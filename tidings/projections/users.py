@@ -1,0 +1,94 @@
+"""The users read model: what a message needs to know about each user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.rows import dict_row
+from pydantic import ValidationError
+
+from tidings.eventstore import StoredEvent
+from tidings.notification.requests import NotifyUser
+from tidings.notification.sources import USER_EVENTS, SourcePayload
+from tidings.projections.base import Connection, InvalidEvent
+from tidings.projections.sql import query
+
+# Which statement each user event runs.
+_STATEMENTS = {
+    "user.human.added": "user_added",
+    "user.human.profile.changed": "user_profile_changed",
+    "user.human.email.changed": "user_email_changed",
+    "user.human.email.verified": "user_email_verified",
+    "user.human.phone.changed": "user_phone_changed",
+    "user.human.phone.verified": "user_phone_verified",
+    "user.human.phone.removed": "user_phone_removed",
+    "user.username.changed": "user_username_changed",
+    "user.domain.claimed": "user_username_changed",
+    "user.removed": "user_removed",
+}
+
+
+def parse_payload(event: StoredEvent, model: type[SourcePayload]) -> Any:
+    """The event's payload as its model, or InvalidEvent naming what is wrong."""
+    try:
+        return model.model_validate(event.payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidEvent(
+            f"{event.event_type} at position {event.position} has an invalid payload: {problems}",
+            position=event.position,
+            event_type=event.event_type,
+        ) from exc
+
+
+class UsersProjection:
+    """Keeps tidings.users up to date from user events."""
+
+    name = "users"
+    event_types = frozenset(_STATEMENTS)
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None:
+        if event.aggregate_type != "user":
+            raise InvalidEvent(
+                f"{event.event_type} at position {event.position} is on a "
+                f"{event.aggregate_type!r} aggregate, expected 'user'",
+                position=event.position,
+                event_type=event.event_type,
+            )
+        payload = parse_payload(event, USER_EVENTS[event.event_type])
+        params: dict[str, Any] = {
+            **payload.model_dump(),
+            "instance_id": event.instance_id,
+            "user_id": event.aggregate_id,
+            "resource_owner": event.owner,
+            "sequence": event.sequence,
+            "change_date": event.created_at,
+        }
+        cur = await conn.execute(query(_STATEMENTS[event.event_type]), params)
+        if cur.rowcount == 0:
+            raise InvalidEvent(
+                f"{event.event_type} at position {event.position} is for user "
+                f"{event.instance_id}/{event.aggregate_id}, who was never added",
+                position=event.position,
+                event_type=event.event_type,
+            )
+
+    async def reset(self, conn: Connection) -> None:
+        await conn.execute(query("users_reset"))
+
+
+async def notify_user(conn: Connection, *, instance_id: str, user_id: str) -> NotifyUser | None:
+    """The user as a message sees it, or None when the read model does not know them."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query("user_get"), {"instance_id": instance_id, "user_id": user_id})
+        row = await cur.fetchone()
+    return NotifyUser.model_validate(row) if row is not None else None
+
+
+async def all_users(conn: Connection) -> list[NotifyUser]:
+    """Every row of the read model, for comparisons and audits."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query("users_all"))
+        return [NotifyUser.model_validate(row) for row in await cur.fetchall()]
