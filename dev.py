@@ -45,7 +45,7 @@ def setup() -> None:
 
 
 def run_main_job() -> None:
-    """Migrate the embedded database, append the sample events, and replay them."""
+    """Append the sample user and session events and project them into requests."""
     tidings = BIN / "tidings"
     sh(tidings, "migrate")
     appended = sh(
@@ -54,7 +54,15 @@ def run_main_job() -> None:
     )  # fmt: skip
     positions = [json.loads(line)["position"] for line in appended.stdout.splitlines()]
     print(f"appended {len(positions)} sample events from examples/events.jsonl", flush=True)
-    sh(tidings, "replay", "--format", "table", "--after-position", str(min(positions) - 1))
+    since = str(min(positions) - 1)
+    sh(tidings, "replay", "--format", "table", "--after-position", since)
+    sh(tidings, "projections", "run", "--until-idle")
+    print("the notification requests they gave:", flush=True)
+    sh(
+        tidings, "replay", "--format", "table", "--after-position", since,
+        "--event-type", "notification.requested",
+    )  # fmt: skip
+    sh(tidings, "projections", "status")
 
 
 def run_tests() -> int:

@@ -357,7 +357,7 @@ def jsonl_row(event: StoredEvent) -> str:
     )
 
 
-_COLUMNS = (("POSITION", 14), ("CREATED_AT", 20), ("INSTANCE", 12), ("AGGREGATE", 26),
+_COLUMNS = (("POSITION", 14), ("CREATED_AT", 20), ("INSTANCE", 12), ("AGGREGATE", 50),
             ("SEQ", 4), ("EVENT_TYPE", 40), ("PAYLOAD", 0))  # fmt: skip
 TABLE_HEADER = "  ".join(name.ljust(width) for name, width in _COLUMNS).rstrip() + "\n"
 

@@ -64,7 +64,7 @@ class NoFields(SourcePayload):
 class CodeAdded(SourcePayload):
     """A one-time code was created; `code` arrives encrypted and stays so."""
 
-    code: Any
+    code: dict[str, Any] | str
     expiry: Duration | None = None
     url_template: str | None = None
     code_returned: bool = False
@@ -115,6 +115,11 @@ class MessageSource:
     unverified_channel: bool = False  # may go to an address not verified yet
     is_otp: bool = False
     setting: str | None = None  # a notifications.<setting> that must be on
+
+    @property
+    def aggregate_type(self) -> str:
+        """The aggregate the source event must be on: user or session."""
+        return self.event_type.split(".", 1)[0]
 
 
 MESSAGE_SOURCES: dict[str, MessageSource] = {

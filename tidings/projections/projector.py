@@ -301,10 +301,10 @@ class Projector:
         model, never a half-built one. Returns the events replayed.
         """
         total = 0
+        await self._ensure_checkpoints()  # before: the rebuild holds their rows locked
         async with self._db.pool.connection() as conn, conn.transaction():
             for projection in self._projections:
                 await projection.reset(conn)
-                await conn.execute(query("checkpoint_ensure"), {"name": projection.name})
                 await conn.execute(query("checkpoint_reset"), {"name": projection.name})
                 await conn.execute(query("failures_reset"), {"name": projection.name})
             while covered := await self.step(conn=conn):

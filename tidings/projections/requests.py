@@ -23,7 +23,7 @@ from tidings.notification.sources import (
     PasswordCodeAdded,
     SessionOTPChallenged,
 )
-from tidings.projections.base import Clock, Connection, utc_now
+from tidings.projections.base import Clock, Connection, InvalidEvent, utc_now
 from tidings.projections.users import notify_user, parse_payload
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,13 @@ class RequestsProjection:
 
     async def handle(self, event: StoredEvent, conn: Connection) -> None:
         source = MESSAGE_SOURCES[event.event_type]
+        if event.aggregate_type != source.aggregate_type:
+            raise InvalidEvent(
+                f"{event.event_type} at position {event.position} is on a "
+                f"{event.aggregate_type!r} aggregate, expected {source.aggregate_type!r}",
+                position=event.position,
+                event_type=event.event_type,
+            )
         payload = parse_payload(event, source.payload)
         where = (
             f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id} "

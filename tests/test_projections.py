@@ -1,0 +1,385 @@
+"""The users read model and the requests projection, run by the projector."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.projection_helpers import (
+    CODE,
+    FixedClock,
+    code_event,
+    make_projector,
+    requests_of,
+    session_event,
+    user_added,
+    user_event,
+)
+from tidings.eventstore import Database, StoredEvent
+from tidings.notification.requests import notification_id
+from tidings.notification.sources import MESSAGE_SOURCES
+from tidings.projections import all_users, notify_user
+from tidings.projections.base import Connection
+
+# (source event type, expected message type, expected channel, builder kwargs)
+MAPPINGS = [
+    ("user.human.initialization.code.added", "InitCode", "email", {}),
+    ("user.human.email.code.added", "VerifyEmail", "email", {}),
+    ("user.human.password.code.added", "PasswordReset", "email", {}),
+    ("user.human.password.code.added", "PasswordReset", "sms", {"notification_type": "sms"}),
+    ("user.human.phone.code.added", "VerifyPhone", "sms", {}),
+    ("user.human.passwordless.initialization.code.requested", "PasswordlessRegistration",
+     "email", {}),
+    ("user.human.invite.code.added", "InviteUser", "email", {}),
+    ("user.human.otp.sms.code.added", "VerifySMSOTP", "sms", {}),
+    ("user.human.otp.email.code.added", "VerifyEmailOTP", "email", {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("event_type", "message_type", "channel", "extra"), MAPPINGS)
+async def test_user_code_events_request_their_message(
+    db: Database, event_type: str, message_type: str, channel: str, extra: dict[str, Any]
+) -> None:
+    await db.store.append([user_added()])
+    (source,) = await db.store.append([code_event(event_type, **extra)])
+    await make_projector(db).catch_up()
+
+    ((event, requested),) = await requests_of(db)
+    request = requested.request
+    spec = MESSAGE_SOURCES[event_type]
+    assert (request.message_type, request.channel) == (message_type, channel)
+    assert event.aggregate_type == "notification"
+    assert event.aggregate_id == notification_id(
+        instance_id="acme", aggregate_type="user", aggregate_id="user-ada", sequence=2
+    )
+    assert (event.sequence, event.instance_id, event.owner) == (1, "acme", "org-acme")
+    assert request.user_id == "user-ada"
+    assert request.resource_owner == "org-acme"
+    assert request.code == CODE, "the code passes through untouched"
+    assert request.code_expiry == timedelta(minutes=10)
+    assert request.url_template == "https://x/{{.Code}}"
+    assert request.source.event_type == event_type
+    assert request.source.position == source.position
+    assert (request.source.aggregate_id, request.source.sequence) == ("user-ada", 2)
+    assert request.sent_event_type == spec.sent_event_type
+    assert request.is_otp == spec.is_otp
+    assert request.unverified_channel == spec.unverified_channel
+
+
+@pytest.mark.parametrize(
+    ("event_type", "message_type", "channel"),
+    [
+        ("session.otp.sms.challenged", "VerifySMSOTP", "sms"),
+        ("session.otp.email.challenged", "VerifyEmailOTP", "email"),
+    ],
+)
+async def test_session_challenges_request_an_otp_for_the_sessions_user(
+    db: Database, event_type: str, message_type: str, channel: str
+) -> None:
+    await db.store.append([user_added()])
+    await db.store.append([session_event(event_type)])
+    await make_projector(db).catch_up()
+    ((_, requested),) = await requests_of(db)
+    assert (requested.request.message_type, requested.request.channel) == (message_type, channel)
+    assert requested.request.user_id == "user-ada"
+    assert requested.request.is_otp
+    assert requested.request.args == {"session_id": "session-1"}
+    assert requested.request.source.aggregate_type == "session"
+    assert requested.request.sent_event_type == event_type.replace("challenged", "sent")
+
+
+async def test_domain_claimed_requests_a_message_with_the_temporary_username(
+    db: Database,
+) -> None:
+    await db.store.append([user_added(), user_event("user.domain.claimed", username="tmp-4711")])
+    await make_projector(db).catch_up()
+    ((_, requested),) = await requests_of(db)
+    assert requested.request.message_type == "DomainClaimed"
+    assert requested.request.args == {"temporary_username": "tmp-4711"}
+    assert requested.request.code is None
+    async with db.pool.connection() as conn:
+        user = await notify_user(conn, instance_id="acme", user_id="user-ada")
+    assert user is not None and user.username == "tmp-4711"
+
+
+async def test_password_change_only_with_the_setting_on(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.projections")
+    await db.store.append([user_added(), user_event("user.human.password.changed")])
+    await make_projector(db).catch_up()
+    assert await requests_of(db) == []
+    assert "notify_on_password_change is off" in caplog.text
+
+    await db.store.append([user_event("user.human.password.changed")])
+    await make_projector(db, notify_on_password_change=True).catch_up()
+    ((_, requested),) = await requests_of(db)
+    assert (requested.request.message_type, requested.request.channel) == (
+        "PasswordChange",
+        "email",
+    )
+
+
+async def test_skip_rules_are_logged_with_their_reason(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.projections")
+    clock = FixedClock()
+    await db.store.append([user_added(), user_added("user-gone")])
+    await db.store.append(
+        [
+            code_event("user.human.password.code.added", code_returned=True),
+            code_event("user.human.otp.email.code.added", expiry="1m"),
+            user_event("user.removed", "user-gone"),
+            code_event("user.human.email.code.added", "user-gone"),
+            session_event("session.otp.sms.challenged", user_id="user-gone"),
+        ]
+    )
+    clock.advance(timedelta(minutes=2))  # the 1m code has expired, the others not
+    await make_projector(db, clock=clock).catch_up()
+
+    assert await requests_of(db) == []
+    assert "code_returned" in caplog.text
+    assert "the code expired at" in caplog.text
+    assert caplog.text.count("user user-gone was removed") == 2
+
+
+async def test_rerun_and_rebuild_never_request_twice(db: Database) -> None:
+    await db.store.append([user_added()])
+    await db.store.append([code_event("user.human.password.code.added")])
+    await make_projector(db).catch_up()
+    await make_projector(db).catch_up()
+    assert len(await requests_of(db)) == 1
+
+    requests_only = make_projector(db, only=("requests",))
+    assert await requests_only.rebuild() == 1  # it read the source event again...
+    assert len(await requests_of(db)) == 1  # ...and requested nothing new
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an error the projector may catch."""
+
+
+class CrashOnce:
+    name = "crasher"
+    event_types = frozenset({"user.human.password.code.added"})
+
+    def __init__(self) -> None:
+        self.crashed = False
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None:
+        if not self.crashed:
+            self.crashed = True
+            raise Crash
+
+    async def reset(self, conn: Connection) -> None:
+        pass
+
+
+async def test_crash_between_handling_and_commit_loses_and_doubles_nothing(
+    db: Database,
+) -> None:
+    await db.store.append([user_added(), user_added("user-bob")])
+    await db.store.append(
+        [code_event("user.human.password.code.added"), code_event("user.human.email.code.added")]
+    )
+    crasher = CrashOnce()
+    projector = make_projector(db, extra=[crasher])
+    with pytest.raises(Crash):
+        await projector.catch_up()
+    # The batch had handled users and requests before the crash; none of it stayed.
+    assert await requests_of(db) == []
+    async with db.pool.connection() as conn:
+        assert await all_users(conn) == []
+
+    await projector.catch_up()
+    assert sorted(r.request.message_type for _, r in await requests_of(db)) == [
+        "PasswordReset",
+        "VerifyEmail",
+    ]
+    await make_projector(db, extra=[crasher]).catch_up()
+    assert len(await requests_of(db)) == 2
+
+
+async def test_a_late_commit_is_not_skipped(db: Database, conninfo: str) -> None:
+    await db.store.append([user_added(), user_added("user-bob")])
+    projector = make_projector(db)
+    await projector.catch_up()
+    async with await psycopg.AsyncConnection.connect(conninfo) as slow:
+        await slow.execute("BEGIN")
+        await db.store.append([code_event("user.human.password.code.added")], conn=slow)
+        await db.store.append([code_event("user.human.email.code.added", "user-bob")])
+        await projector.catch_up()
+        assert await requests_of(db) == [], "must wait for the open transaction"
+        await slow.commit()
+    await projector.catch_up()
+    assert sorted(r.request.user_id for _, r in await requests_of(db)) == ["user-ada", "user-bob"]
+
+
+async def test_message_event_on_the_wrong_aggregate_is_a_failure(db: Database) -> None:
+    await db.store.append([user_added()])
+    (wrong,) = await db.store.append(
+        [session_event("user.human.password.code.added", user_id="user-ada")]
+    )
+    projector = make_projector(db)
+    await projector.catch_up()
+    assert await requests_of(db) == []
+    (failure,) = await projector.failures("requests")
+    assert failure["position"] == wrong.position
+    assert "expected 'user'" in failure["error"]
+
+
+async def test_malformed_events_are_recorded_and_skipped(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tidings.projections")
+    await db.store.append([user_added()])
+    bad = await db.store.append(
+        [
+            user_event("user.human.added", "user-broken", email="x@y.z"),  # no username
+            code_event("user.human.password.code.added", expiry="soon", code=None),
+            user_event("user.human.email.changed", "user-never-added", email="a@b.c"),
+            user_event("user.human.shoe.size.changed", shoe=44),  # unknown: passed over
+        ]
+    )
+    good = await db.store.append([code_event("user.human.otp.sms.code.added")])
+    projector = make_projector(db)
+    await projector.catch_up()
+
+    ((_, requested),) = await requests_of(db)
+    assert requested.request.message_type == "VerifySMSOTP"
+    assert requested.request.source.position == good[0].position
+    failures = {f["position"]: f for name in ("users", "requests")
+                for f in await projector.failures(name)}  # fmt: skip
+    assert sorted(failures) == [b.position for b in bad[:3]]
+    assert "username: Field required" in failures[bad[0].position]["error"]
+    assert "expiry" in failures[bad[1].position]["error"]
+    assert "code" in failures[bad[1].position]["error"]
+    assert "never added" in failures[bad[2].position]["error"]
+    for stored in bad[:3]:
+        assert f"position {stored.position}" in caplog.text
+    status = {s.name: s for s in await projector.status()}
+    assert (status["users"].failures, status["requests"].failures) == (2, 1)
+    assert status["users"].lag_events == status["requests"].lag_events == 0
+
+
+class DropConnectionOnce:
+    """Loses the database connection once, as a restart or network cut would."""
+
+    name = "flaky"
+    event_types = frozenset({"user.human.added"})
+
+    def __init__(self) -> None:
+        self.dropped = False
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None:
+        if not self.dropped:
+            self.dropped = True
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    async def reset(self, conn: Connection) -> None:
+        pass
+
+
+async def test_a_lost_database_is_retried_without_advancing(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tidings.projections")
+    await db.store.append([user_added(), code_event("user.human.password.code.added")])
+    flaky = DropConnectionOnce()
+    await make_projector(db, extra=[flaky]).catch_up()
+    assert flaky.dropped
+    assert "retrying" in caplog.text and "without advancing" in caplog.text
+    assert len(await requests_of(db)) == 1
+
+
+async def test_users_read_model_follows_the_user(db: Database) -> None:
+    await db.store.append([user_added(email_verified=False)])
+    await db.store.append(
+        [
+            user_event("user.human.email.verified"),
+            user_event("user.human.email.changed", email="new@example.com"),
+            user_event(
+                "user.human.profile.changed", display_name="Countess", preferred_language="de"
+            ),
+            user_event("user.human.phone.changed", phone="+41790000009"),
+            user_event("user.username.changed", username="countess"),
+        ]
+    )
+    await make_projector(db).catch_up()
+    async with db.pool.connection() as conn:
+        user = await notify_user(conn, instance_id="acme", user_id="user-ada")
+    assert user is not None
+    assert (user.last_email, user.verified_email) == ("new@example.com", "user-ada@example.com")
+    assert (user.last_phone, user.verified_phone) == ("+41790000009", "+41790000001")
+    assert (user.display_name, user.first_name, user.preferred_language) == (
+        "Countess",
+        "Ada",
+        "de",
+    )
+    assert (user.username, user.state, user.sequence) == ("countess", "active", 6)
+
+    await db.store.append(
+        [
+            user_event("user.human.email.verified"),
+            user_event("user.human.phone.removed"),
+            user_event("user.removed"),
+        ]
+    )
+    await make_projector(db).catch_up()
+    async with db.pool.connection() as conn:
+        user = await notify_user(conn, instance_id="acme", user_id="user-ada")
+        assert await notify_user(conn, instance_id="other", user_id="user-ada") is None
+    assert user is not None
+    assert user.verified_email == "new@example.com"
+    assert (user.last_phone, user.verified_phone, user.state) == (None, None, "removed")
+
+
+async def test_rebuilt_users_equal_the_live_ones(db: Database) -> None:
+    projector = make_projector(db, batch_size=7)
+    for n in range(30):
+        uid = f"user-{n}"
+        await db.store.append([user_added(uid, email_verified=n % 2 == 0)])
+        await db.store.append(
+            [user_event("user.human.email.changed", uid, email=f"{n}@new.example")]
+        )
+        if n % 3 == 0:
+            await db.store.append([user_event("user.human.email.verified", uid)])
+        if n % 5 == 0:
+            await db.store.append([user_event("user.removed", uid)])
+        if n % 4 == 0:
+            await projector.catch_up()  # the live model is built in many small steps
+    await projector.catch_up()
+    async with db.pool.connection() as conn:
+        live = await all_users(conn)
+    assert len(live) == 30
+
+    users_only = make_projector(db, only=("users",))
+    replayed = await users_only.rebuild()
+    assert replayed == await users_only.events_to_replay()
+    async with db.pool.connection() as conn:
+        assert await all_users(conn) == live
+
+
+async def test_projector_wakes_on_append(db: Database) -> None:
+    projector = make_projector(db)
+    projector._settings = projector._settings.model_copy(
+        update={"poll_every": timedelta(seconds=30)}
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop=stop))
+    try:
+        await db.store.append([user_added(), code_event("user.human.password.code.added")])
+        for _ in range(100):  # well under the 30 s poll: only a wake-up explains it
+            if await requests_of(db):
+                break
+            await asyncio.sleep(0.05)
+        assert len(await requests_of(db)) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
