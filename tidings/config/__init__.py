@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from tidings.config.settings import (
+    ChannelSettings,
+    CryptoSettings,
     DatabaseSettings,
+    FilesystemChannelSettings,
     NotificationSettings,
     ProjectionSettings,
     Settings,
+    SMTPChannelSettings,
+    TemplateSettings,
+    TwilioChannelSettings,
+    WebhookChannelSettings,
     load_settings,
 )
 
 __all__ = [
+    "ChannelSettings",
+    "CryptoSettings",
     "DatabaseSettings",
+    "FilesystemChannelSettings",
     "NotificationSettings",
     "ProjectionSettings",
+    "SMTPChannelSettings",
     "Settings",
+    "TemplateSettings",
+    "TwilioChannelSettings",
+    "WebhookChannelSettings",
     "load_settings",
 ]

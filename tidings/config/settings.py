@@ -8,15 +8,26 @@ start instead of being silently ignored.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -87,24 +98,120 @@ class ProjectionSettings(_Section):
     leader_retry_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
 
 
+EmailChannelName = Literal["filesystem", "log", "smtp", "webhook"]
+SMSChannelName = Literal["filesystem", "log", "twilio", "webhook"]
+
+
+class ChannelChoice(_Section):
+    email: EmailChannelName | None = None
+    sms: SMSChannelName | None = None
+
+
+class FilesystemChannelSettings(_Section):
+    outbox_dir: Path | None = None
+
+    def outbox(self, data_root: Path) -> Path:
+        """Where messages are written: outbox_dir, or `outbox` beside the embedded data."""
+        return self.outbox_dir.expanduser() if self.outbox_dir is not None else data_root / "outbox"
+
+
+class SMTPChannelSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    from_address: str = "tidings@localhost"
+    from_name: str = ""
+    reply_to: str | None = None
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    ca_file: Path | None = None
+
+
+class TwilioChannelSettings(_Section):
+    account_sid: str = ""
+    auth_token: SecretStr | None = None
+    from_number: str = ""
+    messaging_service_sid: str = ""
+    base_url: str = "https://api.twilio.com"
+    permanent_error_codes: tuple[int, ...] = (60203, 60410)
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+
+
+class WebhookChannelSettings(_Section):
+    url: str = ""
+    signing_secret: SecretStr | None = None
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+
+
+class ChannelSettings(_Section):
+    email: EmailChannelName = "filesystem"
+    sms: SMSChannelName = "filesystem"
+    instances: dict[str, ChannelChoice] = Field(default_factory=dict)
+    filesystem: FilesystemChannelSettings = Field(default_factory=FilesystemChannelSettings)
+    smtp: SMTPChannelSettings = Field(default_factory=SMTPChannelSettings)
+    twilio: TwilioChannelSettings = Field(default_factory=TwilioChannelSettings)
+    webhook: WebhookChannelSettings = Field(default_factory=WebhookChannelSettings)
+
+    def for_instance(self, instance_id: str) -> tuple[str, str]:
+        """The channel names that serve email and SMS for one instance."""
+        choice = self.instances.get(instance_id)
+        email = choice.email if choice is not None and choice.email else self.email
+        sms = choice.sms if choice is not None and choice.sms else self.sms
+        return email, sms
+
+
+def _parse_keys(value: Any) -> Any:
+    """crypto.keys as a mapping, or as `id=base64key,id2=base64key` in one variable."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        return json.loads(value)
+    if isinstance(value, str):
+        pairs = [part.strip() for part in value.split(",") if part.strip()]
+        keys: dict[str, str] = {}
+        for pair in pairs:
+            key_id, sep, secret = pair.partition("=")
+            if not sep or not key_id.strip() or not secret.strip():
+                raise ValueError("write keys as id=base64key[,id2=base64key]")
+            keys[key_id.strip()] = secret.strip()
+        return keys
+    return value
+
+
+class CryptoSettings(_Section):
+    keys: Annotated[dict[str, SecretStr], BeforeValidator(_parse_keys)] = Field(
+        default_factory=dict
+    )
+    active_key: str | None = None
+
+    @model_validator(mode="after")
+    def _active_key_exists(self) -> CryptoSettings:
+        if self.active_key is not None and self.active_key not in self.keys:
+            known = ", ".join(sorted(self.keys)) or "none"
+            raise ValueError(f"active_key {self.active_key!r} is not among the keys ({known})")
+        return self
+
+
+class TemplateSettings(_Section):
+    dir: Path | None = None
+    fallback_language: str = "en"
+    product_name: str = "tidings"
+
+
 class Settings(BaseSettings):
     """Every setting of tidings; see defaults.yaml for what each one does."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="TIDINGS_",
-        env_nested_delimiter="_",
-        env_nested_max_split=1,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="forbid", frozen=True)
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+    channels: ChannelSettings = Field(default_factory=ChannelSettings)
+    crypto: CryptoSettings = Field(default_factory=CryptoSettings)
+    templates: TemplateSettings = Field(default_factory=TemplateSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain values, with every secret masked."""
-        shown = self.model_dump(mode="json")
+        shown: dict[str, Any] = _mask_secrets(self.model_dump())
         if self.database.url is not None:
             shown["database"]["url"] = mask_url(self.database.url.get_secret_value())
         return shown
@@ -118,20 +225,92 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # First wins: environment, the TIDINGS_DATA_DIR shorthand, then the files
-        # (passed in as init arguments by load_settings).
-        return (env_settings, _DataDirShorthand(settings_cls), init_settings)
+        # First wins: environment variables, then the files (passed in as init
+        # arguments by load_settings).
+        return (_LeafEnvSource(settings_cls), init_settings)
 
 
-class _DataDirShorthand(PydanticBaseSettingsSource):
-    """`TIDINGS_DATA_DIR` is a documented shorthand for `TIDINGS_DATABASE_DATA_DIR`."""
+class _LeafEnvSource(PydanticBaseSettingsSource):
+    """One variable per setting: `channels.smtp.host` is TIDINGS_CHANNELS_SMTP_HOST.
+
+    Values stay strings for pydantic to parse, except that a mapping or list
+    setting takes JSON (`{"acme": {...}}`, `[1, 2]`) or, for lists, `a,b`.
+    A TIDINGS_* variable that names no setting is an error, so a typo in a
+    deployment fails at start instead of being ignored.
+    """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        value = os.environ.get(DATA_DIR_ENV)
-        return {"database": {"data_dir": value}} if value else {}
+        leaves = dict(_leaves(Settings))
+        leaves[DATA_DIR_ENV] = (("database", "data_dir"), str)
+        found: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, value in os.environ.items():
+            if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+                continue
+            leaf = leaves.get(name)
+            if leaf is None:
+                hint = difflib.get_close_matches(name, list(leaves), n=1)
+                problems.append(
+                    f"unknown setting {name}"
+                    + (f": did you mean {hint[0]}?" if hint else ": no setting has that name")
+                )
+                continue
+            path, annotation = leaf
+            node = found
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node.setdefault(path[-1], _env_value(value, annotation))
+        if problems:
+            raise ConfigError(problems=problems)
+        return found
+
+
+ENV_PREFIX = "TIDINGS_"
+_NOT_SETTINGS = {CONFIG_ENV}
+
+
+def _leaves(model: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        here = (*path, name)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _leaves(annotation, here)
+        else:
+            yield ENV_PREFIX + "_".join(here).upper(), (here, annotation)
+
+
+def _env_value(value: str, annotation: Any) -> Any:
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        origin = get_origin(get_args(annotation)[0])
+    if origin in (dict, list, tuple):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(problems=[f"not valid JSON: {value!r} ({exc.msg})"]) from exc
+        if origin in (list, tuple):
+            return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _mask_secrets(value: Any) -> Any:
+    """JSON-ready values with every SecretStr shown as *** (and an unset one as null)."""
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {key: _mask_secrets(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_secrets(item) for item in value]
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def read_defaults() -> dict[str, Any]:

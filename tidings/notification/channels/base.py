@@ -1,0 +1,72 @@
+"""One interface for every channel: send(message) -> the provider's message id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tidings.notification.messages import Channel as ChannelKind
+
+
+@dataclass(frozen=True)
+class EmailContent:
+    """A rendered email: the HTML part and its plain-text alternative."""
+
+    to_address: str
+    to_name: str
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SMSContent:
+    """A rendered SMS to an E.164 number."""
+
+    to_number: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One attempt at one notification, ready for a channel.
+
+    The content may hold a one-time code: channels send it, never log it.
+    """
+
+    notification_id: str
+    instance_id: str
+    attempt: int
+    message_type: str
+    content: EmailContent | SMSContent
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> ChannelKind:
+        return "email" if isinstance(self.content, EmailContent) else "sms"
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for a re-send of this attempt, different for the next attempt."""
+        return f"{self.notification_id}-{self.attempt}"
+
+    def describe(self) -> str:
+        """A one-line summary with no content in it, fit for logs."""
+        return (
+            f"{self.message_type} {self.kind} notification {self.notification_id} "
+            f"attempt {self.attempt} (instance {self.instance_id})"
+        )
+
+
+class Channel(Protocol):
+    """Sends messages of one kind. Raises TransientSendError or PermanentSendError."""
+
+    name: str
+
+    async def send(self, message: OutgoingMessage) -> str:
+        """Send; return the provider's message id."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the channel is not used afterwards."""
+        ...
