@@ -32,6 +32,7 @@ from tidings.eventstore import (
     migrate,
     open_database,
 )
+from tidings.notification.messages import MESSAGE_TYPES
 from tidings.projections import LeaderLock, Projector, default_projections
 
 log = logging.getLogger("tidings")
@@ -84,7 +85,8 @@ def main(ctx: click.Context, config_file: Path | None, log_level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("pgserver", "psycopg.pool"):
+    # httpx logs every request URL at INFO, query-string tokens included.
+    for noisy in ("pgserver", "psycopg.pool", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         ctx.obj = load_settings(config_file)
@@ -506,6 +508,88 @@ def projections_rebuild(ctx: click.Context, name: str) -> None:
 
     replayed = run(go())
     click.echo(f"rebuilt {name}: replayed {replayed} events")
+
+
+@main.group("codes")
+def codes_group() -> None:
+    """Encrypt one-time codes the way tidings decrypts them (AES-256-GCM)."""
+
+
+@codes_group.command("encrypt")
+@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.pass_context
+def codes_encrypt(ctx: click.Context, source: IO[str]) -> None:
+    """Encrypt each line of SOURCE (default: stdin) with crypto.active_key.
+
+    Prints one JSON value per line, ready for a code event's `code` field.
+    Codes are read from stdin rather than arguments so they stay out of shell
+    history and process lists.
+    """
+    from tidings.notification.codes import CodeCipher
+
+    try:
+        cipher = CodeCipher.from_settings(settings_of(ctx).crypto)
+        for line in source:
+            code = line.rstrip("\r\n")
+            if code:
+                click.echo(cipher.encrypt(code).model_dump_json())
+    except TidingsError as exc:
+        fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
+
+
+@codes_group.command("generate-key")
+def codes_generate_key() -> None:
+    """Print a new random key for crypto.keys (base64, 32 bytes)."""
+    from tidings.notification.codes import generate_key
+
+    click.echo(generate_key())
+
+
+@main.command("preview")
+@click.argument("message_type", type=click.Choice(MESSAGE_TYPES))
+@click.option("--lang", default="en", show_default=True, help="The user's preferred language.")
+@click.option("--channel", type=click.Choice(["email", "sms"]), default="email", show_default=True)
+@click.option("--instance", default="preview", show_default=True, help="Whose overrides to use.")
+@click.option("--html", "show_html", is_flag=True, help="Print the HTML part, not the text part.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to a file: .html (the HTML part), .eml (the whole email), or text.",
+)
+@click.pass_context
+def preview_command(
+    ctx: click.Context,
+    message_type: str,
+    lang: str,
+    channel: str,
+    instance: str,
+    show_html: bool,
+    output: Path | None,
+) -> None:
+    """Render MESSAGE_TYPE with sample data, to check texts and overrides before deploying.
+
+    Uses templates.dir like the workers do; a broken override is reported with
+    its file and line. The sample code is 123456, never a real one.
+    """
+    from tidings.notification.preview import render_preview
+
+    try:
+        rendered = render_preview(
+            settings_of(ctx),
+            message_type=message_type,
+            lang=lang,
+            channel=channel,
+            instance_id=instance,
+        )
+    except TidingsError as exc:
+        fail(str(exc))
+    if output is not None:
+        suffix = output.suffix.lower()
+        data = rendered.eml if suffix == ".eml" else (rendered.html if suffix == ".html" else None)
+        output.write_bytes(data if isinstance(data, bytes) else (data or rendered.text).encode())
+        click.echo(f"wrote {output}")
+        return
+    click.echo(rendered.html if show_html and rendered.html else rendered.summary)
 
 
 @main.group("config")

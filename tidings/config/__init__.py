@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tidings.config.settings import (
+    ChannelChoice,
     ChannelSettings,
     CryptoSettings,
     DatabaseSettings,
@@ -18,6 +19,7 @@ from tidings.config.settings import (
 )
 
 __all__ = [
+    "ChannelChoice",
     "ChannelSettings",
     "CryptoSettings",
     "DatabaseSettings",

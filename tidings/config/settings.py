@@ -60,6 +60,10 @@ class DatabaseSettings(_Section):
             )
         return self
 
+    def default_outbox(self) -> Path:
+        """The outbox beside the embedded data folder: <user data dir>/tidings/outbox."""
+        return self.embedded_data_dir().parent / "outbox"
+
     def embedded_data_dir(self) -> Path:
         """Where the embedded PostgreSQL keeps its data when no url is set."""
         if self.data_dir is not None:
@@ -110,9 +114,9 @@ class ChannelChoice(_Section):
 class FilesystemChannelSettings(_Section):
     outbox_dir: Path | None = None
 
-    def outbox(self, data_root: Path) -> Path:
-        """Where messages are written: outbox_dir, or `outbox` beside the embedded data."""
-        return self.outbox_dir.expanduser() if self.outbox_dir is not None else data_root / "outbox"
+    def outbox(self, default: Path) -> Path:
+        """Where messages are written: outbox_dir, or the given default."""
+        return self.outbox_dir.expanduser() if self.outbox_dir is not None else default
 
 
 class SMTPChannelSettings(_Section):

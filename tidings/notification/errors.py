@@ -46,6 +46,7 @@ class CodeError(PermanentSendError):
     """A one-time code could not be decrypted (unknown key or tampered value)."""
 
     fields: ClassVar[tuple[str, ...]] = ("key_id",)
+    key_id: str | None
 
 
 class ChannelNotConfigured(PermanentSendError):

@@ -1,0 +1,132 @@
+"""From a request and its user to a message a channel can send."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
+from tidings.notification.errors import CodeError
+from tidings.notification.recipients import email_recipient, sms_recipient
+from tidings.notification.rendering import Renderer, choose_language, humanize
+from tidings.notification.requests import NotifyUser, Request
+
+
+class Decrypter(Protocol):
+    def decrypt(self, value: Any) -> str: ...
+
+
+class MessageComposer:
+    """Renders one attempt of a notification: recipient, language, texts, layout.
+
+    The code is decrypted here and only here, into the rendered content; it
+    never goes anywhere else (logs, events, errors).
+    """
+
+    def __init__(
+        self,
+        *,
+        renderer: Renderer,
+        cipher: Decrypter | None,
+        fallback_language: str,
+        product_name: str,
+    ) -> None:
+        self._renderer = renderer
+        self._cipher = cipher
+        self._fallback = fallback_language
+        self._product = product_name
+
+    def compose(
+        self,
+        *,
+        notification_id: str,
+        instance_id: str,
+        attempt: int,
+        request: Request,
+        user: NotifyUser,
+    ) -> OutgoingMessage:
+        """Raises RecipientError, CodeError or RenderError (all permanent)."""
+        if request.channel == "email":
+            address, name = email_recipient(request, user)
+        else:
+            number = sms_recipient(request, user)
+        lang = choose_language(
+            user.preferred_language, self._renderer.catalog.languages(instance_id), self._fallback
+        )
+        code = self._code(request)
+        variables = self.variables(request, user, code=code, lang=lang)
+        variables["url"] = (
+            self._renderer.url(request.url_template, url_variables(request, user, code))
+            if request.url_template
+            else ""
+        )
+        texts = self._renderer.texts(
+            instance_id=instance_id,
+            lang=lang,
+            message_type=request.message_type,
+            variables=variables,
+        )
+        content: EmailContent | SMSContent
+        if request.channel == "email":
+            layout = {**texts, "url": variables["url"], "product": self._product, "lang": lang}
+            render = self._renderer.layout
+            content = EmailContent(
+                to_address=address,
+                to_name=name,
+                subject=texts["subject"],
+                html=render(instance_id=instance_id, kind="html", variables=layout),
+                text=render(instance_id=instance_id, kind="txt", variables=layout),
+            )
+        else:
+            content = SMSContent(to_number=number, text=texts["sms"])
+        return OutgoingMessage(
+            notification_id=notification_id,
+            instance_id=instance_id,
+            attempt=attempt,
+            message_type=request.message_type,
+            content=content,
+        )
+
+    def variables(
+        self, request: Request, user: NotifyUser, *, code: str, lang: str
+    ) -> dict[str, Any]:
+        """What texts may use: user, code, url, expiry, product, args, instance_id."""
+        return {
+            "user": user.model_dump(mode="json"),
+            "code": code,
+            "expiry": humanize(request.code_expiry, lang),
+            "product": self._product,
+            "args": dict(request.args),
+            "instance_id": user.instance_id,
+            "message_type": request.message_type,
+            "url": "",
+        }
+
+    def _code(self, request: Request) -> str:
+        if request.code is None:
+            return ""
+        if self._cipher is None:
+            raise CodeError(
+                "the request carries an encrypted code but no crypto.keys are configured "
+                "(TIDINGS_CRYPTO_KEYS)"
+            )
+        return self._cipher.decrypt(request.code)
+
+
+def url_variables(request: Request, user: NotifyUser, code: str) -> Mapping[str, Any]:
+    """What a URL template may use, in Go style (`{{.Code}}`) and snake case (`{{ code }}`)."""
+    values: dict[str, Any] = {
+        "Code": code,
+        "UserID": user.user_id,
+        "OrgID": request.resource_owner,
+        "Username": user.username,
+        "LoginName": user.username,
+        "PreferredLanguage": user.preferred_language,
+        "SessionID": request.args.get("session_id", ""),
+    }
+    values.update({
+        "code": code, "user_id": user.user_id, "org_id": request.resource_owner,
+        "username": user.username, "session_id": request.args.get("session_id", ""),
+        "args": dict(request.args),
+    })  # fmt: skip
+    return values
