@@ -45,24 +45,24 @@ def setup() -> None:
 
 
 def run_main_job() -> None:
-    """Append the sample user and session events and project them into requests."""
-    tidings = BIN / "tidings"
-    sh(tidings, "migrate")
+    """Take the sample events through the projector and the worker pool."""
+    tidings = [BIN / "tidings", "--config", ROOT / "examples" / "demo.yaml"]
+    sh(*tidings, "migrate")
     appended = sh(
-        tidings, "events", "append", ROOT / "examples" / "events.jsonl", "--format", "jsonl",
+        *tidings, "events", "append", ROOT / "examples" / "events.jsonl", "--format", "jsonl",
         capture_output=True,
     )  # fmt: skip
     positions = [json.loads(line)["position"] for line in appended.stdout.splitlines()]
     print(f"appended {len(positions)} sample events from examples/events.jsonl", flush=True)
     since = str(min(positions) - 1)
-    sh(tidings, "replay", "--format", "table", "--after-position", since)
-    sh(tidings, "projections", "run", "--until-idle")
-    print("the notification requests they gave:", flush=True)
+    sh(*tidings, "replay", "--format", "table", "--after-position", since)
+    print("projecting them into notifications and sending those:", flush=True)
+    sh(*tidings, "run", "--until-idle")
+    print("the log they left (notification events and the source aggregates' sent events):")
     sh(
-        tidings, "replay", "--format", "table", "--after-position", since,
-        "--event-type", "notification.requested",
+        *tidings, "replay", "--format", "table", "--after-position", since,
+        "--event-type", "notification.*", "--event-type", "*.sent",
     )  # fmt: skip
-    sh(tidings, "projections", "status")
 
 
 def run_tests() -> int:

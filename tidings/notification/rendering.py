@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.notification.errors import RenderError
@@ -184,6 +184,9 @@ class Renderer:
         self._url = ImmutableSandboxedEnvironment(
             undefined=StrictUndefined, autoescape=False, finalize=_url_quote
         )
+        # Compiled templates by environment and text: compiling costs far more
+        # than rendering, and the same texts render for every message.
+        self._compiled: dict[tuple[int, str], Template] = {}
 
     def texts(
         self, *, instance_id: str, lang: str, message_type: str, variables: Mapping[str, Any]
@@ -197,7 +200,7 @@ class Renderer:
                 template=f"texts.{lang}.yaml",
             )
         return {
-            name: render(self._plain, source, variables, f"{message_type}.{name}")
+            name: self._render(self._plain, source, variables, f"{message_type}.{name}")
             for name, source in sources.items()
         }
 
@@ -205,7 +208,7 @@ class Renderer:
         """The email layout (html or txt) around already rendered texts."""
         env = self._html if kind == "html" else self._plain
         source = self.catalog.layout(instance_id, kind)
-        return render(env, source, variables, f"layout.{kind}")
+        return self._render(env, source, variables, f"layout.{kind}")
 
     def url(self, template: str, variables: Mapping[str, Any]) -> str:
         """A request's URL template; `{{.Code}}` (Go style) and `{{ Code }}` both work.
@@ -213,26 +216,46 @@ class Renderer:
         Every value put into the URL is percent-encoded.
         """
         source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
-        return render(self._url, source, variables, "url_template")
+        return self._render(self._url, source, variables, "url_template")
+
+    def _render(
+        self,
+        env: ImmutableSandboxedEnvironment,
+        source: Source,
+        variables: Mapping[str, Any],
+        label: str,
+    ) -> str:
+        """Render one template, or raise RenderError naming its file and line."""
+        key = (id(env), source.text)
+        template = self._compiled.get(key)
+        if template is None:
+            if len(self._compiled) > 4096:  # overrides change; do not grow without bound
+                self._compiled.clear()
+            template = self._compiled[key] = _compile(env, source, label)
+        try:
+            return template.render(**variables)
+        except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
+            raise _render_error(source, label, exc) from None
 
 
-def render(
-    env: ImmutableSandboxedEnvironment, source: Source, variables: Mapping[str, Any], label: str
-) -> str:
-    """Render one template, or raise RenderError naming its file and line."""
+def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> Template:
     try:
-        return env.from_string(source.text).render(**variables)
+        return env.from_string(source.text)
     except TemplateSyntaxError as exc:
         line = source.line + (exc.lineno or 1) - 1
-        reason = f"syntax error: {exc.message}"
-    except TemplateError as exc:  # undefined variable, sandbox refusal, ...
-        line = source.line + _template_line(exc) - 1
-        reason = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # an operator's template must never crash the worker
-        line = source.line + _template_line(exc) - 1
-        reason = f"{type(exc).__name__}: {exc}"
-    raise RenderError(
-        f"{source.file}:{line}: {label} failed to render: {reason}",
+        raise RenderError(
+            f"{source.file}:{line}: {label} failed to render: syntax error: {exc.message}",
+            template=source.file,
+            line=line,
+        ) from None
+    except Exception as exc:
+        raise _render_error(source, label, exc) from None
+
+
+def _render_error(source: Source, label: str, exc: Exception) -> RenderError:
+    line = source.line + _template_line(exc) - 1
+    return RenderError(
+        f"{source.file}:{line}: {label} failed to render: {type(exc).__name__}: {exc}",
         template=source.file,
         line=line,
     )

@@ -1,0 +1,76 @@
+"""The notification aggregate's events after the request: retry, sent, canceled.
+
+A notification is settled by exactly one sent or canceled event; nothing
+follows either. Payloads are versioned by their event type.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.config.durations import Duration
+from tidings.notification.requests import REQUESTED, NotificationRequested, NotifyUser, Request
+
+RETRY_REQUESTED = "notification.retry.requested"
+SENT = "notification.sent"
+CANCELED = "notification.canceled"
+SETTLED = (SENT, CANCELED)
+
+CancelReason = Literal[
+    "max_attempts",  # the last allowed attempt failed
+    "expired",  # picked up after max_ttl
+    "permanent_error",  # the channel or the message can never work as requested
+    "user_removed",  # the user was removed (or never known) before the message went out
+    "invalid_request",  # the request in the log cannot be read
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetryRequested(_Frozen):
+    """Attempt `attempt` failed transiently; the next one is due at `due_at`."""
+
+    request: Request
+    notify_user: NotifyUser
+    backoff: Duration
+    attempt: int = Field(ge=1)
+    error: str
+    due_at: datetime
+
+
+class Sent(_Frozen):
+    channel: str
+    provider_message_id: str
+    attempt: int = Field(ge=1)
+
+
+class Canceled(_Frozen):
+    reason: CancelReason
+    error: str
+    attempt: int = Field(ge=0)  # attempts made; 0 when canceled before the first
+
+
+class SourceSent(_Frozen):
+    """Appended on the source aggregate (e.g. user.human.password.code.sent)."""
+
+    notification_id: str
+    message_type: str
+    channel: str
+
+
+PAYLOADS: dict[str, type[BaseModel]] = {
+    REQUESTED: NotificationRequested,
+    RETRY_REQUESTED: RetryRequested,
+    SENT: Sent,
+    CANCELED: Canceled,
+}
+
+
+def parse_payload(event_type: str, payload: dict[str, Any]) -> BaseModel:
+    """The payload of a notification event as its model (raises ValidationError or KeyError)."""
+    return PAYLOADS[event_type].model_validate(payload)

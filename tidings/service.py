@@ -1,0 +1,110 @@
+"""The composition root of `tidings run`: projector, composer, channels, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from pathlib import Path
+
+from tidings.config import Settings
+from tidings.eventstore import Database
+from tidings.notification.backoff import Backoff, Uniform
+from tidings.notification.requests import NotifyUser
+from tidings.notification.setup import build_channels, build_composer
+from tidings.projections import LeaderLock, Projector, default_projections, notify_user
+from tidings.workers import AttemptRunner, WorkerPool, now_utc
+from tidings.workers.attempt import Clock
+
+log = logging.getLogger("tidings")
+
+
+class Service:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        settings: Settings,
+        clock: Clock = now_utc,
+        uniform: Uniform = random.uniform,
+        owner: str | None = None,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        n = settings.notifications
+        self.channels = build_channels(settings)
+        self.runner = AttemptRunner(
+            store=db.store,
+            composer=build_composer(settings),
+            channels=self.channels,
+            users=self.user,
+            settings=n,
+            backoff=Backoff(
+                min_delay=n.min_retry_delay,
+                max_delay=n.max_retry_delay,
+                factor=n.retry_delay_factor,
+            ),
+            clock=clock,
+        )
+        self.pool = WorkerPool(db=db, runner=self.runner, settings=n, clock=clock, owner=owner)
+        self.projector = Projector(
+            db=db, projections=default_projections(db, settings), settings=settings.projections
+        )
+
+    @property
+    def outbox(self) -> Path:
+        return self._settings.channels.filesystem.outbox(self._settings.database.default_outbox())
+
+    async def user(self, instance_id: str, user_id: str) -> NotifyUser | None:
+        """The users read model's answer, for the workers."""
+        async with self._db.pool.connection() as conn:
+            return await notify_user(conn, instance_id=instance_id, user_id=user_id)
+
+    def leader(self) -> LeaderLock:
+        return LeaderLock(
+            conninfo=self._db.conninfo,
+            retry_every=self._settings.projections.leader_retry_every.total_seconds(),
+        )
+
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event,
+        workers: int,
+        retry_workers: int,
+        projector: bool,
+        until_idle: bool,
+    ) -> None:
+        if until_idle:
+            await self._run_until_idle(stop, workers, retry_workers, projector)
+            return
+        tasks = [
+            asyncio.create_task(
+                self.pool.run(stop=stop, workers=workers, retry_workers=retry_workers)
+            )
+        ]
+        if projector:
+            tasks.append(asyncio.create_task(self.projector.run(stop=stop, leader=self.leader())))
+        await asyncio.gather(*tasks)
+        log.info("stopped: in-flight attempts finished and recorded")
+
+    async def _run_until_idle(
+        self, stop: asyncio.Event, workers: int, retry_workers: int, projector: bool
+    ) -> None:
+        leader = self.leader() if projector else None
+        if leader is not None and not await leader.acquire(stop):
+            return
+        try:
+            while not stop.is_set():
+                covered = await self.projector.catch_up() if projector else 0
+                await self.pool.run(
+                    stop=stop, workers=workers, retry_workers=retry_workers, until_idle=True
+                )
+                if not covered and (not projector or not await self.projector.catch_up()):
+                    return
+        finally:
+            if leader is not None:
+                await leader.release()
+
+    async def close(self) -> None:
+        await self.channels.close()

@@ -1,0 +1,287 @@
+"""One attempt at one notification: decide, render, send, record the outcome.
+
+The send happens outside any database transaction. The outcome is one append
+that expects the sequence the notification had when it was claimed: if its
+lease ran out and another worker settled or rescheduled it meanwhile, that
+append is refused, so a notification is never settled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import ValidationError
+
+from tidings.config import NotificationSettings
+from tidings.config.durations import format_duration, parse_duration
+from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
+from tidings.notification.backoff import Backoff
+from tidings.notification.channels.registry import ChannelRegistry
+from tidings.notification.compose import MessageComposer
+from tidings.notification.errors import PermanentSendError, SendError, TransientSendError
+from tidings.notification.events import (
+    CANCELED,
+    RETRY_REQUESTED,
+    SENT,
+    Canceled,
+    CancelReason,
+    RetryRequested,
+    Sent,
+    SourceSent,
+)
+from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotifyUser, Request
+from tidings.workers.queue import Claimed
+
+log = logging.getLogger("tidings.workers")
+
+UserLookup = Callable[[str, str], Awaitable[NotifyUser | None]]
+Clock = Callable[[], datetime]
+Result = Literal["sent", "retry", "canceled", "refused", "unrecorded"]
+CREATOR = "tidings-worker"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    reason: str | None = None
+
+
+class AttemptRunner:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        composer: MessageComposer,
+        channels: ChannelRegistry,
+        users: UserLookup,
+        settings: NotificationSettings,
+        backoff: Backoff,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._composer = composer
+        self._channels = channels
+        self._users = users
+        self._settings = settings
+        self._backoff = backoff
+        self._clock = clock
+
+    async def run(self, claimed: Claimed) -> Outcome:
+        """Never raises: every way this can end is an outcome, logged."""
+        started = time.monotonic()
+        try:
+            events, outcome, channel = await self._attempt(claimed)
+        except Exception as exc:  # a bug must cost one notification at most, never the pool
+            log.exception(
+                "attempt %s of notification %s (instance %s) failed unexpectedly",
+                claimed.attempt, claimed.notification_id, claimed.instance_id,
+            )  # fmt: skip
+            events, outcome, channel = self._retry_or_cancel(
+                claimed, None, None, f"internal error: {type(exc).__name__}: {exc}", None
+            )
+        recorded = await self._record(claimed, events, outcome)
+        self._log(claimed, recorded, channel, time.monotonic() - started)
+        return recorded
+
+    async def _attempt(self, claimed: Claimed) -> tuple[list[NewEvent], Outcome, str | None]:
+        now = self._clock()
+        if now > claimed.requested_at + self._settings.max_ttl:
+            return self._cancel(
+                claimed, "expired",
+                f"not sent within max_ttl ({format_duration(self._settings.max_ttl)}) "
+                f"of its request at {claimed.requested_at.isoformat()}",
+                attempts=claimed.attempts,
+            ), Outcome("canceled", "expired"), None  # fmt: skip
+        try:
+            request = Request.model_validate(claimed.request)
+            snapshot = (
+                NotifyUser.model_validate(claimed.notify_user) if claimed.notify_user else None
+            )
+        except ValidationError as exc:
+            reason = f"the request in the log cannot be read: {_first_error(exc)}"
+            return (
+                self._cancel(claimed, "invalid_request", reason, attempts=claimed.attempts),
+                Outcome("canceled", "invalid_request"),
+                None,
+            )
+        current = await self._users(claimed.instance_id, request.user_id)
+        if current is None and snapshot is None:
+            reason = f"user {request.user_id} is not in the users read model"
+            return self._user_gone(claimed, reason)
+        if current is not None and current.state == "removed":
+            return self._user_gone(claimed, f"user {request.user_id} was removed")
+        # The first attempt snapshots the user; retries render from that snapshot.
+        user = snapshot if snapshot is not None else current
+        assert user is not None
+        channel_name = self._channels.name_for(claimed.instance_id, request.channel)
+        try:
+            message = self._composer.compose(
+                notification_id=claimed.notification_id,
+                instance_id=claimed.instance_id,
+                attempt=claimed.attempt,
+                request=request,
+                user=user,
+            )
+            channel = self._channels.channel_for(claimed.instance_id, request.channel)
+            async with asyncio.timeout(self._send_timeout()):
+                provider_id = await channel.send(message)
+        except PermanentSendError as exc:
+            return (
+                self._cancel(claimed, "permanent_error", str(exc), attempts=claimed.attempt),
+                Outcome("canceled", "permanent_error"),
+                channel_name,
+            )
+        except TransientSendError as exc:
+            return (*self._retry_or_cancel(claimed, request, user, str(exc), exc)[:2], channel_name)
+        except TimeoutError:
+            error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
+            return (*self._retry_or_cancel(claimed, request, user, error, None)[:2], channel_name)
+        sent = Sent(channel=channel_name, provider_message_id=provider_id, attempt=claimed.attempt)
+        source_sent = SourceSent(
+            notification_id=claimed.notification_id,
+            message_type=request.message_type,
+            channel=channel_name,
+        )
+        events = [
+            self._event(claimed, SENT, sent.model_dump(mode="json")),
+            NewEvent(
+                instance_id=claimed.instance_id,
+                aggregate_type=request.source.aggregate_type,
+                aggregate_id=request.source.aggregate_id,
+                event_type=request.sent_event_type,
+                payload=source_sent.model_dump(mode="json"),
+                owner=request.resource_owner,
+                creator=CREATOR,
+            ),
+        ]
+        return events, Outcome("sent"), channel_name
+
+    def _send_timeout(self) -> float:
+        # Well inside the lease, so a hung provider cannot outlive it and invite
+        # a second worker to send the same attempt.
+        return max(self._settings.transaction_duration.total_seconds() / 2, 0.1)
+
+    def _user_gone(self, claimed: Claimed, reason: str) -> tuple[list[NewEvent], Outcome, None]:
+        return (
+            self._cancel(claimed, "user_removed", reason, attempts=claimed.attempts),
+            Outcome("canceled", "user_removed"),
+            None,
+        )
+
+    def _retry_or_cancel(
+        self,
+        claimed: Claimed,
+        request: Request | None,
+        user: NotifyUser | None,
+        error: str,
+        exc: SendError | None,
+    ) -> tuple[list[NewEvent], Outcome, None]:
+        attempt = claimed.attempt
+        if request is None or user is None:  # nothing to retry with
+            return (
+                self._cancel(claimed, "permanent_error", error, attempts=attempt),
+                Outcome("canceled", "permanent_error"),
+                None,
+            )
+        if attempt >= self._settings.max_attempts:
+            reason = f"attempt {attempt} of {self._settings.max_attempts} failed: {error}"
+            return (
+                self._cancel(claimed, "max_attempts", reason, attempts=attempt),
+                Outcome("canceled", "max_attempts"),
+                None,
+            )
+        now = self._clock()
+        previous = parse_duration(claimed.backoff) if claimed.backoff else None
+        backoff = self._backoff.next(previous)
+        due = now + backoff
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            due = max(due, now + _seconds(retry_after))
+        retry = RetryRequested(
+            request=request, notify_user=user, backoff=backoff, attempt=attempt,
+            error=error, due_at=due,
+        )  # fmt: skip
+        return (
+            [self._event(claimed, RETRY_REQUESTED, retry.model_dump(mode="json"))],
+            Outcome("retry", f"due {due.isoformat()}"),
+            None,
+        )
+
+    def _cancel(
+        self, claimed: Claimed, reason: CancelReason, error: str, *, attempts: int
+    ) -> list[NewEvent]:
+        canceled = Canceled(reason=reason, error=error, attempt=attempts)
+        return [self._event(claimed, CANCELED, canceled.model_dump(mode="json"))]
+
+    def _event(self, claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:
+        return NewEvent(
+            instance_id=claimed.instance_id,
+            aggregate_type=NOTIFICATION_AGGREGATE,
+            aggregate_id=claimed.notification_id,
+            event_type=event_type,
+            payload=payload,
+            expected_sequence=claimed.sequence,
+            creator=CREATOR,
+        )
+
+    async def _record(self, claimed: Claimed, events: list[NewEvent], outcome: Outcome) -> Outcome:
+        for wait in (0.1, 0.5, 2.0, None):
+            try:
+                await self._store.append(events)
+                return outcome
+            except ConcurrencyError as exc:
+                log.warning(
+                    "late outcome refused: notification %s (instance %s) attempt %s was "
+                    "settled or rescheduled by another worker after this one's lease ran out "
+                    "(%s); its %s is not recorded",
+                    claimed.notification_id, claimed.instance_id, claimed.attempt, exc,
+                    outcome.result,
+                )  # fmt: skip
+                return Outcome("refused", outcome.result)
+            except DatabaseUnavailable as exc:
+                if wait is None:
+                    log.error(
+                        "could not record the %s of notification %s (instance %s) attempt %s: "
+                        "%s; it will be claimed again when its lease runs out",
+                        outcome.result, claimed.notification_id, claimed.instance_id,
+                        claimed.attempt, exc,
+                    )  # fmt: skip
+                    return Outcome("unrecorded", outcome.result)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _log(self, claimed: Claimed, outcome: Outcome, channel: str | None, seconds: float) -> None:
+        request = claimed.request if isinstance(claimed.request, dict) else {}
+        level = logging.INFO if outcome.result in ("sent", "retry") else logging.WARNING
+        log.log(
+            level,
+            "notification %s instance %s attempt %s %s %s via %s: %s%s (%.0f ms)",
+            claimed.notification_id, claimed.instance_id, claimed.attempt,
+            request.get("message_type", "?"), request.get("channel", "?"), channel or "-",
+            outcome.result, f" ({outcome.reason})" if outcome.reason else "", seconds * 1000,
+            extra={
+                "instance_id": claimed.instance_id,
+                "notification_id": claimed.notification_id,
+                "attempt": claimed.attempt,
+                "message_type": request.get("message_type"),
+                "channel": channel,
+                "outcome": outcome.result,
+                "duration_ms": round(seconds * 1000, 1),
+            },
+        )  # fmt: skip
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "request"
+    return f"{where}: {error['msg']}"

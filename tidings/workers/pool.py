@@ -1,0 +1,192 @@
+"""The worker pool: request workers and retry workers over the pending queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from tidings.config import NotificationSettings
+from tidings.eventstore import Database, DatabaseUnavailable, WakeUp, wakeups
+from tidings.notification.events import RETRY_REQUESTED
+from tidings.notification.requests import REQUESTED
+from tidings.workers.attempt import AttemptRunner, Clock, Outcome
+from tidings.workers.queue import Claimed, Kind, PendingQueue
+
+log = logging.getLogger("tidings.workers")
+
+
+def default_owner() -> str:
+    """Who holds a lease: host, process and a random part, for the queue's lease_owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkerPool:
+    """`workers` request workers and `retry_workers` retry workers, as asyncio tasks.
+
+    Each worker claims up to bulk_limit due notifications in one statement,
+    sends them concurrently, and records each outcome on its own. It wakes on
+    an append of a request or retry, or every requeue_every /
+    retry_requeue_every at the latest.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        runner: AttemptRunner,
+        settings: NotificationSettings,
+        clock: Clock,
+        owner: str | None = None,
+    ) -> None:
+        self._db = db
+        self._runner = runner
+        self._settings = settings
+        self._clock = clock
+        self.owner = owner or default_owner()
+        self.queue = PendingQueue(pool=db.pool)
+
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event,
+        workers: int,
+        retry_workers: int,
+        until_idle: bool = False,
+    ) -> None:
+        """Work until `stop` is set; with `until_idle`, until nothing of ours is pending.
+
+        When `stop` is set, no new claims are made; the bulks in flight finish
+        and their outcomes are recorded before this returns.
+        """
+        plan: tuple[tuple[Kind, int], ...] = (("request", workers), ("retry", retry_workers))
+        kinds = tuple(kind for kind, count in plan if count > 0)
+        if not kinds:
+            return
+        wakes: dict[Kind, list[asyncio.Event]] = {"request": [], "retry": []}
+        tasks = []
+        for kind, count in plan:
+            for number in range(count):
+                wake = asyncio.Event()
+                wakes[kind].append(wake)
+                tasks.append(
+                    asyncio.create_task(
+                        self._loop(kind, wake, stop, kinds, until_idle),
+                        name=f"{kind}-worker-{number + 1}",
+                    )
+                )
+        listener = asyncio.create_task(self._listen(wakes, until_idle))
+        log.info(
+            "worker pool %s: %d request and %d retry workers, bulk %d",
+            self.owner, workers, retry_workers, self._settings.bulk_limit,
+        )  # fmt: skip
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _loop(
+        self,
+        kind: Kind,
+        wake: asyncio.Event,
+        stop: asyncio.Event,
+        kinds: tuple[Kind, ...],
+        until_idle: bool,
+    ) -> None:
+        interval = (
+            self._settings.requeue_every
+            if kind == "request"
+            else self._settings.retry_requeue_every
+        ).total_seconds()
+        failures = 0
+        while not stop.is_set():
+            try:
+                claimed = await self.claim(kind)
+                failures = 0
+            except DatabaseUnavailable as exc:
+                failures += 1
+                delay = min(0.2 * 2**failures, 10.0)
+                log.warning("%s worker cannot claim (%s); trying again in %.1fs", kind, exc, delay)
+                await _wait(stop, delay)
+                continue
+            if claimed:
+                await self.process(claimed)
+                continue
+            try:
+                if until_idle and not await self.queue.has_pending(kinds):
+                    return
+                wait = await self._idle_wait(kind, interval)
+            except DatabaseUnavailable:
+                wait = interval
+            wake.clear()
+            await _wait(stop, wait, wake)
+
+    async def claim(self, kind: Kind) -> list[Claimed]:
+        now = self._clock()
+        window = self._settings.handle_active_instances
+        return await self.queue.claim(
+            kind=kind,
+            limit=self._settings.bulk_limit,
+            now=now,
+            lease=self._settings.transaction_duration,
+            owner=self.owner,
+            active_since=now - window if window > timedelta(0) else None,
+        )
+
+    async def process(self, claimed: list[Claimed]) -> list[Outcome]:
+        """Send a claimed bulk concurrently; every outcome is recorded by its attempt."""
+        return list(await asyncio.gather(*(self._runner.run(c) for c in claimed)))
+
+    async def _idle_wait(self, kind: Kind, interval: float) -> float:
+        """Sleep until the next wake-up, the poll interval, or the next due time."""
+        next_due = await self.queue.next_due((kind,))
+        if next_due is None:
+            return interval
+        until_due = (next_due - self._clock()).total_seconds()
+        return min(interval, max(until_due, 0.01))
+
+    async def _listen(self, wakes: dict[Kind, list[asyncio.Event]], until_idle: bool) -> None:
+        timeout = min(
+            self._settings.requeue_every, self._settings.retry_requeue_every
+        ).total_seconds()
+        async for woke in wakeups(self._db.conninfo, timeout=max(timeout, 0.1)):
+            if woke is None:
+                continue
+            for kind in _kinds_woken(woke, until_idle):
+                for event in wakes[kind]:
+                    event.set()
+
+
+def _kinds_woken(woke: WakeUp, until_idle: bool) -> list[Kind]:
+    types = set(woke.event_types)
+    if not types:  # a wake-up too large to list its types: wake everyone
+        return ["request", "retry"]
+    if until_idle and any(t.startswith("notification.") for t in types):
+        return ["request", "retry"]  # a settled notification may be the last: look again
+    woken: list[Kind] = []
+    if REQUESTED in types:
+        woken.append("request")
+    if RETRY_REQUESTED in types:
+        woken.append("retry")
+    return woken
+
+
+async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+    waiters = [asyncio.create_task(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.create_task(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,105 @@
+"""Claiming due notifications from the pending queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from tidings.eventstore.errors import translated_errors
+from tidings.workers.sql import query
+
+Kind = Literal["request", "retry"]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A notification a worker holds a lease on, with what it needs to send it."""
+
+    instance_id: str
+    notification_id: str
+    kind: Kind
+    sequence: int  # the outcome is appended expecting this sequence
+    attempts: int  # failed attempts so far; this one is attempts + 1
+    requested_at: datetime
+    due_at: datetime
+    claims: int  # >1: an earlier lease ran out
+    request: Any
+    notify_user: Any
+    backoff: str | None
+    last_error: str | None
+
+    @property
+    def attempt(self) -> int:
+        return self.attempts + 1
+
+
+class PendingQueue:
+    def __init__(self, *, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def claim(
+        self,
+        *,
+        kind: Kind,
+        limit: int,
+        now: datetime,
+        lease: timedelta,
+        owner: str,
+        active_since: datetime | None = None,
+    ) -> list[Claimed]:
+        """Lease up to `limit` due notifications of `kind` (one short statement)."""
+        params = {
+            "kind": kind,
+            "bulk": limit,
+            "now": now,
+            "lease_until": now + lease,
+            "owner": owner,
+            "active_since": active_since,
+        }
+        with translated_errors():
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("claim_due"), params)
+                rows = await cur.fetchall()
+        return [Claimed(**row) for row in rows]
+
+    async def has_pending(self, kinds: tuple[Kind, ...]) -> bool:
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query("has_pending"), {"kinds": list(kinds)})
+                row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def next_due(self, kinds: tuple[Kind, ...]) -> datetime | None:
+        """When the earliest pending notification of these kinds becomes claimable."""
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query("next_due"), {"kinds": list(kinds)})
+                row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def counts(self, now: datetime) -> dict[str, dict[str, int]]:
+        """Per kind: pending, due and leased notifications."""
+        with translated_errors():
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("queue_counts"), {"now": now})
+                rows = await cur.fetchall()
+        return {row.pop("kind"): row for row in rows}
+
+    async def rebuild(self) -> int:
+        """Rebuild the queue from the log; returns the open notifications found."""
+        with translated_errors():
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(query("rebuild_pending"))
+                row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        """Every row but the leases, for comparing the live queue with a rebuild."""
+        with translated_errors():
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query("pending_all"))
+                return list(await cur.fetchall())

@@ -1,0 +1,87 @@
+-- The pending queue (tidings.pending_notifications, kept by a trigger on the log).
+
+-- name: claim_due
+-- Claims up to %(bulk)s due notifications of one kind in one statement.
+-- Fair between instances: it walks the instances that have pending work (a
+-- loose index scan, so the cost grows with the number of instances, not of
+-- notifications), takes each one's earliest due rows, and hands them out
+-- round-robin, so one instance's backlog delays another's message by at most
+-- one bulk. SKIP LOCKED lets concurrent workers claim disjoint rows; the lease
+-- makes a row invisible to other claims until it runs out (a crashed worker's
+-- claims come back then).
+WITH RECURSIVE instances AS (
+    (SELECT p.instance_id
+     FROM tidings.pending_notifications p
+     WHERE p.kind = %(kind)s
+     ORDER BY p.instance_id
+     LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.instance_id
+            FROM tidings.pending_notifications p
+            WHERE p.kind = %(kind)s AND p.instance_id > i.instance_id
+            ORDER BY p.instance_id
+            LIMIT 1)
+    FROM instances i
+    WHERE i.instance_id IS NOT NULL
+),
+candidates AS (
+    SELECT c.instance_id, c.notification_id, c.due_at
+    FROM instances i
+    CROSS JOIN LATERAL (
+        SELECT p.instance_id, p.notification_id, p.due_at
+        FROM tidings.pending_notifications p
+        WHERE p.kind = %(kind)s
+          AND p.instance_id = i.instance_id
+          AND p.due_at <= %(now)s
+          AND (p.leased_until IS NULL OR p.leased_until <= %(now)s)
+        ORDER BY p.due_at
+        LIMIT %(bulk)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE i.instance_id IS NOT NULL
+      AND (%(active_since)s::timestamptz IS NULL OR EXISTS (
+            SELECT 1 FROM tidings.events e
+            WHERE e.instance_id = i.instance_id AND e.created_at >= %(active_since)s))
+),
+chosen AS (
+    SELECT ranked.instance_id, ranked.notification_id
+    FROM (
+        SELECT c.instance_id, c.notification_id, c.due_at,
+               row_number() OVER (PARTITION BY c.instance_id ORDER BY c.due_at) AS turn
+        FROM candidates c
+    ) ranked
+    ORDER BY ranked.turn, ranked.due_at
+    LIMIT %(bulk)s
+)
+UPDATE tidings.pending_notifications p
+SET leased_until = %(lease_until)s, lease_owner = %(owner)s, claims = p.claims + 1
+FROM chosen
+WHERE p.instance_id = chosen.instance_id AND p.notification_id = chosen.notification_id
+RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.requested_at,
+          p.due_at, p.claims, p.request, p.notify_user, p.backoff, p.last_error;
+
+-- name: has_pending
+SELECT EXISTS (SELECT 1 FROM tidings.pending_notifications WHERE kind = ANY(%(kinds)s));
+
+-- name: next_due
+SELECT min(greatest(due_at, coalesce(leased_until, due_at)))
+FROM tidings.pending_notifications
+WHERE kind = ANY(%(kinds)s);
+
+-- name: queue_counts
+SELECT kind,
+       count(*) AS pending,
+       count(*) FILTER (WHERE due_at <= %(now)s
+                        AND (leased_until IS NULL OR leased_until <= %(now)s)) AS due,
+       count(*) FILTER (WHERE leased_until > %(now)s) AS leased
+FROM tidings.pending_notifications
+GROUP BY kind;
+
+-- name: rebuild_pending
+SELECT tidings.rebuild_pending();
+
+-- name: pending_all
+SELECT instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
+       request, notify_user, backoff, last_error
+FROM tidings.pending_notifications
+ORDER BY instance_id, notification_id;
