@@ -43,6 +43,7 @@ class Service:
                 min_delay=n.min_retry_delay,
                 max_delay=n.max_retry_delay,
                 factor=n.retry_delay_factor,
+                uniform=uniform,
             ),
             clock=clock,
         )

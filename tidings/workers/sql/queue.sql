@@ -32,7 +32,10 @@ candidates AS (
         FROM tidings.pending_notifications p
         WHERE p.kind = %(kind)s
           AND p.instance_id = i.instance_id
-          AND p.due_at <= %(now)s
+          -- A request is due at once (its due_at, the database's time of the
+          -- request, only orders them); a retry's due time comes from the
+          -- workers' own clock, as do the leases, so the two never mix clocks.
+          AND (p.kind = 'request' OR p.due_at <= %(now)s)
           AND (p.leased_until IS NULL OR p.leased_until <= %(now)s)
         ORDER BY p.due_at
         LIMIT %(bulk)s
@@ -64,14 +67,16 @@ RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.re
 SELECT EXISTS (SELECT 1 FROM tidings.pending_notifications WHERE kind = ANY(%(kinds)s));
 
 -- name: next_due
-SELECT min(greatest(due_at, coalesce(leased_until, due_at)))
+SELECT min(CASE WHEN leased_until IS NOT NULL THEN leased_until
+                WHEN kind = 'request' THEN '-infinity'::timestamptz
+                ELSE due_at END)
 FROM tidings.pending_notifications
 WHERE kind = ANY(%(kinds)s);
 
 -- name: queue_counts
 SELECT kind,
        count(*) AS pending,
-       count(*) FILTER (WHERE due_at <= %(now)s
+       count(*) FILTER (WHERE (kind = 'request' OR due_at <= %(now)s)
                         AND (leased_until IS NULL OR leased_until <= %(now)s)) AS due,
        count(*) FILTER (WHERE leased_until > %(now)s) AS leased
 FROM tidings.pending_notifications

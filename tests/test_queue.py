@@ -1,0 +1,165 @@
+"""The pending queue: inline projection, claims, leases, fairness, the plan."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tests.worker_helpers import requested
+from tidings.eventstore import Database, NewEvent
+from tidings.workers import PendingQueue
+from tidings.workers.sql import query
+
+LEASE = timedelta(minutes=1)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def claim(queue: PendingQueue, limit: int = 10, **kwargs: Any) -> list[str]:
+    args: dict[str, Any] = {"kind": "request", "limit": limit, "now": now(), "lease": LEASE,
+                            "owner": "test"}  # fmt: skip
+    args.update(kwargs)
+    return [c.notification_id for c in await queue.claim(**args)]
+
+
+def event(
+    nid: str, event_type: str, payload: dict[str, Any], seq: int, inst: str = "acme"
+) -> NewEvent:
+    return NewEvent(
+        instance_id=inst, aggregate_type="notification", aggregate_id=nid,
+        event_type=event_type, payload=payload, expected_sequence=seq,
+    )  # fmt: skip
+
+
+async def test_the_queue_follows_the_log_and_equals_a_rebuild(db: Database) -> None:
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested(f"n-{i}") for i in range(4)])
+    assert len(await queue.snapshot()) == 4
+    retry_payload = {"error": "503", "attempt": 1, "backoff": "1s500ms",
+                     "due_at": "2030-01-01T00:00:00+00:00", "notify_user": {"x": 1}}  # fmt: skip
+    await db.store.append(
+        [
+            event("n-0", "notification.sent", {"attempt": 1}, 1),
+            event("n-1", "notification.canceled", {"reason": "expired"}, 1),
+            event("n-2", "notification.retry.requested", retry_payload, 1),
+        ]
+    )
+    live = await queue.snapshot()
+    assert [(r["notification_id"], r["kind"], r["attempts"]) for r in live] == [
+        ("n-2", "retry", 1),
+        ("n-3", "request", 0),
+    ]
+    retry_row = live[0]
+    assert retry_row["due_at"] == datetime(2030, 1, 1, tzinfo=UTC)
+    assert (retry_row["backoff"], retry_row["last_error"]) == ("1s500ms", "503")
+    assert retry_row["request"] is not None, "the retry keeps the original request"
+
+    await claim(queue)  # leases are not part of the comparison
+    assert await queue.rebuild() == 2
+    assert await queue.snapshot() == live
+
+
+async def test_a_malformed_retry_due_time_does_not_block_the_append(db: Database) -> None:
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested("n-1")])
+    await db.store.append([event("n-1", "notification.retry.requested", {"due_at": "soon"}, 1)])
+    (row,) = await queue.snapshot()
+    assert row["kind"] == "retry"
+
+
+async def test_claims_respect_the_limit_the_lease_and_each_other(db: Database) -> None:
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested(f"n-{i:02}") for i in range(25)])
+    first = await claim(queue, limit=10)
+    assert len(first) == 10
+    concurrent = await asyncio.gather(*(claim(queue, limit=4) for _ in range(5)))
+    taken = [nid for batch in concurrent for nid in batch]
+    assert len(taken) == 15 and len(set(taken)) == 15
+    assert not set(taken) & set(first)
+    assert await claim(queue) == [], "everything is leased"
+    later = await claim(queue, limit=100, now=now() + LEASE + timedelta(seconds=1))
+    assert sorted(later) == sorted(first + taken), "leases ran out: all claimable again"
+
+
+async def test_skip_locked_passes_over_rows_another_claim_holds(
+    db: Database, conninfo: str
+) -> None:
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested(f"n-{i}") for i in range(3)])
+    async with await psycopg.AsyncConnection.connect(conninfo) as other:
+        await other.execute("BEGIN")
+        await other.execute(
+            "SELECT 1 FROM tidings.pending_notifications WHERE notification_id = 'n-0' FOR UPDATE"
+        )
+        assert sorted(await claim(queue)) == ["n-1", "n-2"]
+        await other.rollback()
+    assert await claim(queue) == ["n-0"]
+
+
+async def test_a_big_backlog_delays_another_instance_by_one_bulk_at_most(
+    db: Database, conninfo: str
+) -> None:
+    """100,000 pending in one instance; another instance's one notification comes first."""
+    template = requested("x")
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        for chunk in range(2):  # at most 65,536 events per transaction
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO tidings.events (instance_id, aggregate_type, aggregate_id,"
+                    " sequence, event_type, payload, position)"
+                    " SELECT 'busy', 'notification', 'busy-' || g, 1, 'notification.requested',"
+                    " %s, (pg_current_xact_id()::text::bigint << 16) + g - %s"
+                    " FROM generate_series(%s, %s) g",
+                    (psycopg.types.json.Jsonb(template.payload), chunk * 50_000 + 1,
+                     chunk * 50_000 + 1, (chunk + 1) * 50_000),
+                )  # fmt: skip
+    await db.store.append([requested("lonely", instance_id="quiet")])
+    queue = PendingQueue(pool=db.pool)
+    first = await claim(queue, limit=10)
+    assert "lonely" in first
+    assert len(first) == 10
+
+
+async def test_round_robin_between_instances(db: Database) -> None:
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested(f"a-{i}", instance_id="a") for i in range(6)])
+    await db.store.append([requested(f"b-{i}", instance_id="b") for i in range(2)])
+    await db.store.append([requested("c-0", instance_id="c")])
+    got = await claim(queue, limit=6)
+    assert sorted(got) == ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0"]
+
+
+async def test_only_active_instances_get_work(db: Database, conninfo: str) -> None:
+    """handle_active_instances: instances without events in the window wait."""
+    queue = PendingQueue(pool=db.pool)
+    await db.store.append([requested("old", instance_id="sleepy")])
+    await db.store.append([requested("new", instance_id="busy")])
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        # Test setup only: age the sleepy instance's events by two hours.
+        await conn.execute(
+            "UPDATE tidings.events SET created_at = created_at - interval '2 hours'"
+            " WHERE instance_id = 'sleepy'"
+        )
+    assert await claim(queue, active_since=now() - timedelta(hours=1)) == ["new"]
+    assert await claim(queue, active_since=now() - timedelta(hours=3)) == ["old"]
+
+
+async def test_the_claim_uses_its_index(db: Database, conninfo: str) -> None:
+    await db.store.append([requested(f"n-{i}", instance_id=f"i-{i % 20}") for i in range(2000)])
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        await conn.execute("ANALYZE tidings.pending_notifications")
+        cur = await conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + query("claim_due"),
+            {"kind": "request", "bulk": 10, "now": now(), "lease_until": now(), "owner": "x",
+             "active_since": None},
+        )  # fmt: skip
+        (plan,) = await cur.fetchone()  # type: ignore[misc]
+    text = str(plan)
+    assert "pending_notifications_claim" in text
+    assert "Seq Scan" not in text
