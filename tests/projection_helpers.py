@@ -32,7 +32,7 @@ def user_added(user_id: str = "user-ada", *, instance_id: str = "acme", **fields
         aggregate_id=user_id,
         event_type="user.human.added",
         payload=payload,
-        owner="org-acme",
+        owner=f"org-{instance_id}",
     )
 
 

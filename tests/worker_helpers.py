@@ -11,6 +11,8 @@ import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tests.projection_helpers import FixedClock as FixedClock
+from tests.projection_helpers import user_added as user_added
 from tidings.config import (
     ChannelSettings,
     CryptoSettings,
@@ -64,39 +66,9 @@ def worker_env(webhook_url: str) -> dict[str, str]:
     }
 
 
-class FixedClock:
-    def __init__(self, now: datetime | None = None) -> None:
-        self.now = now or datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
 def lowest(low: float, high: float) -> float:
     """A random source that always draws the bottom of the range."""
     return low
-
-
-def user_added(user_id: str = "user-ada", *, instance_id: str = "acme", **fields: Any) -> NewEvent:
-    payload: dict[str, Any] = {
-        "username": user_id.removeprefix("user-"),
-        "first_name": "Ada",
-        "last_name": "Lovelace",
-        "display_name": "Ada Lovelace",
-        "email": f"{user_id}@example.com",
-        "email_verified": True,
-        "phone": "+41790000001",
-        "phone_verified": True,
-        "preferred_language": "en",
-    }
-    payload.update(fields)
-    return NewEvent(
-        instance_id=instance_id, aggregate_type="user", aggregate_id=user_id,
-        event_type="user.human.added", payload=payload, owner=f"org-{instance_id}",
-    )  # fmt: skip
 
 
 def requested(
