@@ -9,10 +9,11 @@ from pathlib import Path
 
 from tidings.config import Settings
 from tidings.eventstore import Database
+from tidings.eventstore.errors import translated_errors
 from tidings.notification.backoff import Backoff, Uniform
 from tidings.notification.requests import NotifyUser
 from tidings.notification.setup import build_channels, build_composer
-from tidings.projections import LeaderLock, Projector, default_projections, notify_user
+from tidings.projections import LeaderLock, Projector, default_projections, notify_users
 from tidings.workers import AttemptRunner, WorkerPool, now_utc
 from tidings.workers.attempt import Clock
 
@@ -37,7 +38,7 @@ class Service:
             store=db.store,
             composer=build_composer(settings),
             channels=self.channels,
-            users=self.user,
+            users=self.users,
             settings=n,
             backoff=Backoff(
                 min_delay=n.min_retry_delay,
@@ -56,10 +57,11 @@ class Service:
     def outbox(self) -> Path:
         return self._settings.channels.filesystem.outbox(self._settings.database.default_outbox())
 
-    async def user(self, instance_id: str, user_id: str) -> NotifyUser | None:
-        """The users read model's answer, for the workers."""
-        async with self._db.pool.connection() as conn:
-            return await notify_user(conn, instance_id=instance_id, user_id=user_id)
+    async def users(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NotifyUser]:
+        """The users read model's answer for a bulk, for the workers."""
+        with translated_errors():
+            async with self._db.pool.connection() as conn:
+                return await notify_users(conn, keys)
 
     def leader(self) -> LeaderLock:
         return LeaderLock(

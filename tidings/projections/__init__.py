@@ -8,7 +8,7 @@ from tidings.projections.base import Clock, InvalidEvent, Projection, utc_now
 from tidings.projections.leader import LeaderLock
 from tidings.projections.projector import ProjectionStatus, Projector
 from tidings.projections.requests import RequestsProjection
-from tidings.projections.users import UsersProjection, all_users, notify_user
+from tidings.projections.users import UsersProjection, all_users, notify_user, notify_users
 
 
 def default_projections(
@@ -36,5 +36,6 @@ __all__ = [
     "all_users",
     "default_projections",
     "notify_user",
+    "notify_users",
     "utc_now",
 ]

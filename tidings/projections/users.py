@@ -87,6 +87,19 @@ async def notify_user(conn: Connection, *, instance_id: str, user_id: str) -> No
     return NotifyUser.model_validate(row) if row is not None else None
 
 
+async def notify_users(
+    conn: Connection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], NotifyUser]:
+    """Many users at once, by (instance id, user id); unknown ones are left out."""
+    if not keys:
+        return {}
+    params = {"instance_ids": [k[0] for k in keys], "user_ids": [k[1] for k in keys]}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query("users_get_many"), params)
+        users = [NotifyUser.model_validate(row) for row in await cur.fetchall()]
+    return {(u.instance_id, u.user_id): u for u in users}
+
+
 async def all_users(conn: Connection) -> list[NotifyUser]:
     """Every row of the read model, for comparisons and audits."""
     async with conn.cursor(row_factory=dict_row) as cur:

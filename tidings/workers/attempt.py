@@ -40,7 +40,8 @@ from tidings.workers.queue import Claimed
 
 log = logging.getLogger("tidings.workers")
 
-UserLookup = Callable[[str, str], Awaitable[NotifyUser | None]]
+# Many users at once, by (instance id, user id); unknown ones are left out.
+UserLookup = Callable[[list[tuple[str, str]]], Awaitable[dict[tuple[str, str], NotifyUser]]]
 Clock = Callable[[], datetime]
 Result = Literal["sent", "retry", "canceled", "refused", "unrecorded"]
 CREATOR = "tidings-worker"
@@ -50,6 +51,22 @@ CREATOR = "tidings-worker"
 class Outcome:
     result: Result
     reason: str | None = None
+
+
+@dataclass
+class _Decided:
+    """An attempt that has happened, with the events that will record it."""
+
+    claimed: Claimed
+    events: list[NewEvent]
+    outcome: Outcome
+    channel: str | None
+    started: float
+
+
+# Outcomes of this many notifications go into one append (well below the
+# 65,536 events a transaction may append).
+_RECORD_CHUNK = 500
 
 
 class AttemptRunner:
@@ -73,10 +90,35 @@ class AttemptRunner:
         self._clock = clock
 
     async def run(self, claimed: Claimed) -> Outcome:
-        """Never raises: every way this can end is an outcome, logged."""
+        """Attempt one notification (see run_bulk)."""
+        return (await self.run_bulk([claimed]))[0]
+
+    async def run_bulk(self, bulk: list[Claimed]) -> list[Outcome]:
+        """Attempt a claimed bulk concurrently, then record every outcome.
+
+        Never raises: every way an attempt can end is an outcome, logged. The
+        users are read in one query and the outcomes appended together (one
+        commit per bulk); a refused late outcome is taken out and the rest
+        appended again.
+        """
+        try:
+            users = await self._users(sorted({_user_key(c) for c in bulk}))
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "cannot read the users of a bulk of %d (%s); they will be claimed again "
+                "when their lease runs out", len(bulk), exc,
+            )  # fmt: skip
+            return [Outcome("unrecorded", "database unavailable") for _ in bulk]
+        decided = await asyncio.gather(*(self._decide(c, users) for c in bulk))
+        recorded = await self._record(list(decided))
+        for d in decided:
+            self._log(d.claimed, recorded[id(d)], d.channel, time.monotonic() - d.started)
+        return [recorded[id(d)] for d in decided]
+
+    async def _decide(self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]) -> _Decided:
         started = time.monotonic()
         try:
-            events, outcome, channel = await self._attempt(claimed)
+            events, outcome, channel = await self._attempt(claimed, users)
         except Exception as exc:  # a bug must cost one notification at most, never the pool
             log.exception(
                 "attempt %s of notification %s (instance %s) failed unexpectedly",
@@ -85,11 +127,11 @@ class AttemptRunner:
             events, outcome, channel = self._retry_or_cancel(
                 claimed, None, None, f"internal error: {type(exc).__name__}: {exc}", None
             )
-        recorded = await self._record(claimed, events, outcome)
-        self._log(claimed, recorded, channel, time.monotonic() - started)
-        return recorded
+        return _Decided(claimed, events, outcome, channel, started)
 
-    async def _attempt(self, claimed: Claimed) -> tuple[list[NewEvent], Outcome, str | None]:
+    async def _attempt(
+        self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]
+    ) -> tuple[list[NewEvent], Outcome, str | None]:
         now = self._clock()
         if now > claimed.requested_at + self._settings.max_ttl:
             return self._cancel(
@@ -110,7 +152,7 @@ class AttemptRunner:
                 Outcome("canceled", "invalid_request"),
                 None,
             )
-        current = await self._users(claimed.instance_id, request.user_id)
+        current = users.get((claimed.instance_id, request.user_id))
         if current is None and snapshot is None:
             reason = f"user {request.user_id} is not in the users read model"
             return self._user_gone(claimed, reason)
@@ -230,31 +272,54 @@ class AttemptRunner:
             creator=CREATOR,
         )
 
-    async def _record(self, claimed: Claimed, events: list[NewEvent], outcome: Outcome) -> Outcome:
-        for wait in (0.1, 0.5, 2.0, None):
+    async def _record(self, decided: list[_Decided]) -> dict[int, Outcome]:
+        """Append the outcomes, a chunk at a time; the result by id() of each decision."""
+        results: dict[int, Outcome] = {}
+        for start in range(0, len(decided), _RECORD_CHUNK):
+            results.update(await self._record_chunk(decided[start : start + _RECORD_CHUNK]))
+        return results
+
+    async def _record_chunk(self, chunk: list[_Decided]) -> dict[int, Outcome]:
+        results: dict[int, Outcome] = {}
+        waiting = [d for d in chunk if d.events]
+        waits = iter((0.1, 0.5, 2.0))
+        while waiting:
+            events = [e for d in waiting for e in d.events]
+            owners = [d for d in waiting for _ in d.events]
             try:
                 await self._store.append(events)
-                return outcome
             except ConcurrencyError as exc:
+                late = owners[exc.index] if exc.index is not None else waiting[0]
                 log.warning(
                     "late outcome refused: notification %s (instance %s) attempt %s was "
                     "settled or rescheduled by another worker after this one's lease ran out "
                     "(%s); its %s is not recorded",
-                    claimed.notification_id, claimed.instance_id, claimed.attempt, exc,
-                    outcome.result,
+                    late.claimed.notification_id, late.claimed.instance_id,
+                    late.claimed.attempt, exc, late.outcome.result,
                 )  # fmt: skip
-                return Outcome("refused", outcome.result)
+                results[id(late)] = Outcome("refused", late.outcome.result)
+                waiting.remove(late)
+                continue
             except DatabaseUnavailable as exc:
-                if wait is None:
+                wait = next(waits, None)
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
+                for d in waiting:
                     log.error(
                         "could not record the %s of notification %s (instance %s) attempt %s: "
                         "%s; it will be claimed again when its lease runs out",
-                        outcome.result, claimed.notification_id, claimed.instance_id,
-                        claimed.attempt, exc,
+                        d.outcome.result, d.claimed.notification_id, d.claimed.instance_id,
+                        d.claimed.attempt, exc,
                     )  # fmt: skip
-                    return Outcome("unrecorded", outcome.result)
-                await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+                    results[id(d)] = Outcome("unrecorded", d.outcome.result)
+                break
+            for d in waiting:
+                results[id(d)] = d.outcome
+            break
+        for d in chunk:
+            results.setdefault(id(d), d.outcome)
+        return results
 
     def _log(self, claimed: Claimed, outcome: Outcome, channel: str | None, seconds: float) -> None:
         request = claimed.request if isinstance(claimed.request, dict) else {}
@@ -285,3 +350,8 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"]) or "request"
     return f"{where}: {error['msg']}"
+
+
+def _user_key(claimed: Claimed) -> tuple[str, str]:
+    request = claimed.request if isinstance(claimed.request, dict) else {}
+    return claimed.instance_id, str(request.get("user_id", ""))

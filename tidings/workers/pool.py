@@ -141,7 +141,7 @@ class WorkerPool:
 
     async def process(self, claimed: list[Claimed]) -> list[Outcome]:
         """Send a claimed bulk concurrently; every outcome is recorded by its attempt."""
-        return list(await asyncio.gather(*(self._runner.run(c) for c in claimed)))
+        return await self._runner.run_bulk(claimed)
 
     async def _idle_wait(self, kind: Kind, interval: float) -> float:
         """Sleep until the next wake-up, the poll interval, or the next due time."""

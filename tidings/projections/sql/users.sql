@@ -94,3 +94,11 @@ ORDER BY instance_id, user_id;
 
 -- name: users_reset
 DELETE FROM tidings.users;
+
+-- name: users_get_many
+SELECT u.instance_id, u.user_id, u.resource_owner, u.username, u.first_name, u.last_name,
+       u.display_name, u.preferred_language, u.last_email, u.verified_email, u.last_phone,
+       u.verified_phone, u.state, u.sequence, u.change_date
+FROM tidings.users u
+JOIN unnest(%(instance_ids)s::text[], %(user_ids)s::text[]) AS wanted(instance_id, user_id)
+  ON u.instance_id = wanted.instance_id AND u.user_id = wanted.user_id;
