@@ -163,3 +163,24 @@ async def test_the_claim_uses_its_index(db: Database, conninfo: str) -> None:
     text = str(plan)
     assert "pending_notifications_claim" in text
     assert "Seq Scan" not in text
+
+
+async def test_next_due_of_a_free_request_is_a_loadable_time_in_the_past(
+    db: Database, conninfo: str
+) -> None:
+    """Regression: the idle path once answered '-infinity', which psycopg cannot load."""
+    queue = PendingQueue(pool=db.pool)
+    assert await queue.next_due(("request",)) is None
+    await db.store.append([requested("n-1"), requested("n-2")])
+    due = await queue.next_due(("request",))
+    assert due is not None and due < now()
+    async with await psycopg.AsyncConnection.connect(conninfo) as other:
+        await other.execute("BEGIN")
+        await other.execute("SELECT 1 FROM tidings.pending_notifications FOR UPDATE")
+        assert await claim(queue) == [], "both rows are locked by another claim"
+        assert await queue.next_due(("request",)) is not None
+        await other.rollback()
+    leased = await claim(queue)
+    assert sorted(leased) == ["n-1", "n-2"]
+    until = await queue.next_due(("request",))
+    assert until is not None and until > now(), "leased: due when the lease runs out"

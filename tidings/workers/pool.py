@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from tidings.config import NotificationSettings
+from tidings.errors import TidingsError
 from tidings.eventstore import Database, DatabaseUnavailable, WakeUp, wakeups
 from tidings.notification.events import RETRY_REQUESTED
 from tidings.notification.requests import REQUESTED
@@ -122,7 +123,8 @@ class WorkerPool:
                 if until_idle and not await self.queue.has_pending(kinds):
                     return
                 wait = await self._idle_wait(kind, interval)
-            except DatabaseUnavailable:
+            except TidingsError as exc:  # the idle path must never take a worker down
+                log.warning("%s worker's idle check failed (%s); polling again", kind, exc)
                 wait = interval
             wake.clear()
             await _wait(stop, wait, wake)

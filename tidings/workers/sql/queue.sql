@@ -67,8 +67,10 @@ RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.re
 SELECT EXISTS (SELECT 1 FROM tidings.pending_notifications WHERE kind = ANY(%(kinds)s));
 
 -- name: next_due
+-- A free request is due at once: 'epoch' stands for "long ago" (psycopg
+-- cannot load '-infinity').
 SELECT min(CASE WHEN leased_until IS NOT NULL THEN leased_until
-                WHEN kind = 'request' THEN '-infinity'::timestamptz
+                WHEN kind = 'request' THEN 'epoch'::timestamptz
                 ELSE due_at END)
 FROM tidings.pending_notifications
 WHERE kind = ANY(%(kinds)s);
