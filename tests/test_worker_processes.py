@@ -111,6 +111,9 @@ class _SinkHandler(BaseHTTPRequestHandler):
 
 class _SinkServer(ThreadingHTTPServer):
     daemon_threads = True
+    # A provider does not refuse connections when a bulk of sends arrives at
+    # once; the default listen backlog (5) would, and turn sends into retries.
+    request_queue_size = 256
 
     def __init__(self, sink: Sink) -> None:
         super().__init__(("127.0.0.1", 0), _SinkHandler)

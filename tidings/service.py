@@ -81,14 +81,12 @@ class Service:
         if until_idle:
             await self._run_until_idle(stop, workers, retry_workers, projector)
             return
-        tasks = [
-            asyncio.create_task(
+        async with asyncio.TaskGroup() as group:  # one failing cancels the other
+            group.create_task(
                 self.pool.run(stop=stop, workers=workers, retry_workers=retry_workers)
             )
-        ]
-        if projector:
-            tasks.append(asyncio.create_task(self.projector.run(stop=stop, leader=self.leader())))
-        await asyncio.gather(*tasks)
+            if projector:
+                group.create_task(self.projector.run(stop=stop, leader=self.leader()))
         log.info("stopped: in-flight attempts finished and recorded")
 
     async def _run_until_idle(

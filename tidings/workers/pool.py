@@ -69,24 +69,24 @@ class WorkerPool:
         if not kinds:
             return
         wakes: dict[Kind, list[asyncio.Event]] = {"request": [], "retry": []}
-        tasks = []
-        for kind, count in plan:
-            for number in range(count):
-                wake = asyncio.Event()
-                wakes[kind].append(wake)
-                tasks.append(
-                    asyncio.create_task(
-                        self._loop(kind, wake, stop, kinds, until_idle),
-                        name=f"{kind}-worker-{number + 1}",
-                    )
-                )
-        listener = asyncio.create_task(self._listen(wakes, until_idle))
         log.info(
             "worker pool %s: %d request and %d retry workers, bulk %d",
             self.owner, workers, retry_workers, self._settings.bulk_limit,
         )  # fmt: skip
+        listener = asyncio.create_task(self._listen(wakes, until_idle))
         try:
-            await asyncio.gather(*tasks)
+            # A task group: should a worker ever die of a bug, the others are
+            # canceled and the error ends the process, instead of a pool that
+            # silently lost its workers.
+            async with asyncio.TaskGroup() as group:
+                for kind, count in plan:
+                    for number in range(count):
+                        wake = asyncio.Event()
+                        wakes[kind].append(wake)
+                        group.create_task(
+                            self._loop(kind, wake, stop, kinds, until_idle),
+                            name=f"{kind}-worker-{number + 1}",
+                        )
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

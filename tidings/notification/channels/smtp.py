@@ -112,7 +112,15 @@ class SMTPChannel:
             await self._quit(client)
             return reply
         finally:
+            # aiosmtplib's close() skips a transport that is already closing
+            # (e.g. with unsent data after an error) and forgets it; abort it
+            # ourselves, then give the loop the turn in which the socket closes,
+            # so no error path leaves a socket to the garbage collector.
+            transport = client.transport
             client.close()
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            await asyncio.sleep(0)
 
     async def _start_tls(self, client: aiosmtplib.SMTP) -> None:
         """Upgrade to TLS, refusing to go on in clear when the server cannot."""
