@@ -77,7 +77,6 @@ from tidings.config import (
 from tidings.eventstore import Database, NewEvent, migrate, open_database
 from tidings.notification.channels.base import OutgoingMessage
 from tidings.notification.codes import CodeCipher
-from tidings.notification.events import Sent, SourceSent
 from tidings.notification.requests import (
     NotificationRequested,
     NotifyUser,
@@ -89,6 +88,7 @@ from tidings.notification.setup import build_composer
 from tidings.projections import notify_user
 from tidings.service import Service
 from tidings.workers import PendingQueue, now_utc
+from tidings.workers.attempt import sent_events
 from tidings.workers.queue import Claimed
 from tidings.workers.sql import query as claim_query
 
@@ -970,32 +970,7 @@ USERS_BATCH = sql.SQL(
 
 def outcome_events(claimed: Claimed, request: Request) -> list[NewEvent]:
     """What AttemptRunner appends for a sent notification: sent + the source's sent event."""
-    sent = Sent(channel="filesystem", provider_message_id="noop", attempt=claimed.attempt)
-    source_sent = SourceSent(
-        notification_id=claimed.notification_id,
-        message_type=request.message_type,
-        channel="filesystem",
-    )
-    return [
-        NewEvent(
-            instance_id=claimed.instance_id,
-            aggregate_type="notification",
-            aggregate_id=claimed.notification_id,
-            event_type="notification.sent",
-            payload=sent.model_dump(mode="json"),
-            expected_sequence=claimed.sequence,
-            creator="tidings-worker",
-        ),
-        NewEvent(
-            instance_id=claimed.instance_id,
-            aggregate_type=request.source.aggregate_type,
-            aggregate_id=request.source.aggregate_id,
-            event_type=request.sent_event_type,
-            payload=source_sent.model_dump(mode="json"),
-            owner=request.resource_owner,
-            creator="tidings-worker",
-        ),
-    ]
+    return sent_events(claimed, request, "filesystem", "noop")
 
 
 async def ingredients_run(server: Server, template: str, count: int) -> list[Ingredient]:

@@ -184,25 +184,11 @@ class AttemptRunner:
         except TimeoutError:
             error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
             return (*self._retry_or_cancel(claimed, request, user, error, None)[:2], channel_name)
-        sent = Sent(channel=channel_name, provider_message_id=provider_id, attempt=claimed.attempt)
-        source_sent = SourceSent(
-            notification_id=claimed.notification_id,
-            message_type=request.message_type,
-            channel=channel_name,
+        return (
+            sent_events(claimed, request, channel_name, provider_id),
+            Outcome("sent"),
+            channel_name,
         )
-        events = [
-            self._event(claimed, SENT, sent.model_dump(mode="json")),
-            NewEvent(
-                instance_id=claimed.instance_id,
-                aggregate_type=request.source.aggregate_type,
-                aggregate_id=request.source.aggregate_id,
-                event_type=request.sent_event_type,
-                payload=source_sent.model_dump(mode="json"),
-                owner=request.resource_owner,
-                creator=CREATOR,
-            ),
-        ]
-        return events, Outcome("sent"), channel_name
 
     def _send_timeout(self) -> float:
         # Well inside the lease, so a hung provider cannot outlive it and invite
@@ -262,15 +248,7 @@ class AttemptRunner:
         return [self._event(claimed, CANCELED, canceled.model_dump(mode="json"))]
 
     def _event(self, claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:
-        return NewEvent(
-            instance_id=claimed.instance_id,
-            aggregate_type=NOTIFICATION_AGGREGATE,
-            aggregate_id=claimed.notification_id,
-            event_type=event_type,
-            payload=payload,
-            expected_sequence=claimed.sequence,
-            creator=CREATOR,
-        )
+        return notification_event(claimed, event_type, payload)
 
     async def _record(self, decided: list[_Decided]) -> dict[int, Outcome]:
         """Append the outcomes, a chunk at a time; the result by id() of each decision."""
@@ -355,3 +333,38 @@ def _first_error(exc: ValidationError) -> str:
 def _user_key(claimed: Claimed) -> tuple[str, str]:
     request = claimed.request if isinstance(claimed.request, dict) else {}
     return claimed.instance_id, str(request.get("user_id", ""))
+
+
+def notification_event(claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:
+    """An outcome on the notification aggregate, expecting the sequence seen at claim time."""
+    return NewEvent(
+        instance_id=claimed.instance_id,
+        aggregate_type=NOTIFICATION_AGGREGATE,
+        aggregate_id=claimed.notification_id,
+        event_type=event_type,
+        payload=payload,
+        expected_sequence=claimed.sequence,
+        creator=CREATOR,
+    )
+
+
+def sent_events(
+    claimed: Claimed, request: Request, channel: str, provider_message_id: str
+) -> list[NewEvent]:
+    """What a sent attempt appends: notification.sent and the source aggregate's sent event."""
+    sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
+    source_sent = SourceSent(
+        notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
+    )
+    return [
+        notification_event(claimed, SENT, sent.model_dump(mode="json")),
+        NewEvent(
+            instance_id=claimed.instance_id,
+            aggregate_type=request.source.aggregate_type,
+            aggregate_id=request.source.aggregate_id,
+            event_type=request.sent_event_type,
+            payload=source_sent.model_dump(mode="json"),
+            owner=request.resource_owner,
+            creator=CREATOR,
+        ),
+    ]
