@@ -66,6 +66,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import tidings
+from tidings.clock import utc_now as now_utc
 from tidings.config import (
     ChannelSettings,
     CryptoSettings,
@@ -87,7 +88,7 @@ from tidings.notification.requests import (
 from tidings.notification.setup import build_composer
 from tidings.projections import notify_user
 from tidings.service import Service
-from tidings.workers import PendingQueue, now_utc
+from tidings.workers import PendingQueue
 from tidings.workers.attempt import sent_events
 from tidings.workers.queue import Claimed
 from tidings.workers.sql import query as claim_query

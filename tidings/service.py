@@ -7,6 +7,7 @@ import logging
 import random
 from pathlib import Path
 
+from tidings.clock import Clock, utc_now
 from tidings.config import Settings
 from tidings.eventstore import Database
 from tidings.eventstore.errors import translated_errors
@@ -14,8 +15,7 @@ from tidings.notification.backoff import Backoff, Uniform
 from tidings.notification.requests import NotifyUser
 from tidings.notification.setup import build_channels, build_composer
 from tidings.projections import LeaderLock, Projector, default_projections, notify_users
-from tidings.workers import AttemptRunner, WorkerPool, now_utc
-from tidings.workers.attempt import Clock
+from tidings.workers import AttemptRunner, WorkerPool
 
 log = logging.getLogger("tidings")
 
@@ -26,7 +26,7 @@ class Service:
         *,
         db: Database,
         settings: Settings,
-        clock: Clock = now_utc,
+        clock: Clock = utc_now,
         uniform: Uniform = random.uniform,
         owner: str | None = None,
     ) -> None:

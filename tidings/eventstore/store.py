@@ -62,11 +62,7 @@ class EventStore:
             "channel": self._channel,
         }
         with translated_errors():
-            if conn is not None:
-                rows = await _fetch(conn, query("append_events"), params)
-            else:
-                async with self._pool.connection() as own:
-                    rows = await _fetch(own, query("append_events"), params)
+            rows = await self._rows(query("append_events"), params, conn)
         return [AppendedEvent(position=p, sequence=s, created_at=c) for p, s, c in rows]
 
     async def query(
@@ -86,11 +82,7 @@ class EventStore:
             raise ValueError("for_update_skip_locked needs the caller's transaction (conn)")
         statement, params = compose_select(q, for_update=for_update_skip_locked)
         with translated_errors():
-            if conn is not None:
-                rows = await _fetch(conn, statement, params)
-            else:
-                async with self._pool.connection() as own:
-                    rows = await _fetch(own, statement, params)
+            rows = await self._rows(statement, params, conn)
         return [StoredEvent.from_row(row) for row in rows]
 
     async def read_ordered(
@@ -115,11 +107,7 @@ class EventStore:
             "event_types": list(event_types) if event_types is not None else None,
         }
         with translated_errors():
-            if conn is not None:
-                rows = await _fetch(conn, query("read_ordered"), params)
-            else:
-                async with self._pool.connection() as own:
-                    rows = await _fetch(own, query("read_ordered"), params)
+            rows = await self._rows(query("read_ordered"), params, conn)
         events = tuple(StoredEvent.from_row(row) for row in rows if row[9] is not None)
         horizon: int = rows[0][10]
         if len(events) == limit:
@@ -145,6 +133,15 @@ class EventStore:
                     async for row in cursor:
                         yield StoredEvent.from_row(row)
 
+    async def _rows(
+        self, statement: Any, params: Any, conn: Connection | None
+    ) -> list[tuple[Any, ...]]:
+        """Run in the caller's transaction when given one, else on a pooled connection."""
+        if conn is not None:
+            return await _fetch(conn, statement, params)
+        async with self._pool.connection() as own:
+            return await _fetch(own, statement, params)
+
     async def last_position(self) -> int:
         """The highest position in the log (0 when empty)."""
         with translated_errors():
@@ -167,11 +164,7 @@ class EventStore:
             "aggregate_id": aggregate_id,
         }
         with translated_errors():
-            if conn is not None:
-                rows = await _fetch(conn, query("aggregate_sequence"), params)
-            else:
-                async with self._pool.connection() as own:
-                    rows = await _fetch(own, query("aggregate_sequence"), params)
+            rows = await self._rows(query("aggregate_sequence"), params, conn)
         return int(rows[0][0])
 
 

@@ -13,14 +13,7 @@ _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 def email_recipient(request: Request, user: NotifyUser) -> tuple[str, str]:
     """(address, display name). The verified address, or the last one when the
     request may go to an unverified address (e.g. VerifyEmail)."""
-    address = user.last_email if request.unverified_channel else user.verified_email
-    if not address:
-        which = "email address" if request.unverified_channel else "verified email address"
-        raise RecipientError(
-            f"user {user.user_id} of instance {user.instance_id} has no {which} "
-            f"for {request.message_type}",
-            channel="email",
-        )
+    address = _chosen(request, user, user.last_email, user.verified_email, "email", "email address")
     return address, user.display_name or " ".join(
         part for part in (user.first_name, user.last_name) if part
     )
@@ -28,14 +21,7 @@ def email_recipient(request: Request, user: NotifyUser) -> tuple[str, str]:
 
 def sms_recipient(request: Request, user: NotifyUser) -> str:
     """The E.164 number: verified, or the last one when the request allows it (VerifyPhone)."""
-    number = user.last_phone if request.unverified_channel else user.verified_phone
-    if not number:
-        which = "phone number" if request.unverified_channel else "verified phone number"
-        raise RecipientError(
-            f"user {user.user_id} of instance {user.instance_id} has no {which} "
-            f"for {request.message_type}",
-            channel="sms",
-        )
+    number = _chosen(request, user, user.last_phone, user.verified_phone, "sms", "phone number")
     compact = re.sub(r"[\s\-().]", "", number)
     if not _E164.match(compact):
         raise RecipientError(
@@ -43,3 +29,23 @@ def sms_recipient(request: Request, user: NotifyUser) -> str:
             channel="sms",
         )
     return compact
+
+
+def _chosen(
+    request: Request,
+    user: NotifyUser,
+    last: str | None,
+    verified: str | None,
+    channel: str,
+    what: str,
+) -> str:
+    """The last address where the request allows an unverified one, else the verified one."""
+    chosen = last if request.unverified_channel else verified
+    if not chosen:
+        which = what if request.unverified_channel else f"verified {what}"
+        raise RecipientError(
+            f"user {user.user_id} of instance {user.instance_id} has no {which} "
+            f"for {request.message_type}",
+            channel=channel,
+        )
+    return chosen

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from tidings.clock import Clock, utc_now
 from tidings.config import Settings
 from tidings.eventstore import Database
-from tidings.projections.base import Clock, InvalidEvent, Projection, utc_now
+from tidings.projections.base import InvalidEvent, Projection
 from tidings.projections.leader import LeaderLock
 from tidings.projections.projector import ProjectionStatus, Projector
 from tidings.projections.requests import RequestsProjection

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from psycopg import AsyncConnection
@@ -11,12 +9,7 @@ from psycopg import AsyncConnection
 from tidings.errors import TidingsError
 from tidings.eventstore import StoredEvent
 
-Clock = Callable[[], datetime]
 Connection = AsyncConnection[Any]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class InvalidEvent(TidingsError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tidings.clock import Clock, utc_now
 from tidings.config import NotificationSettings
 from tidings.eventstore import EventStore, NewEvent, StoredEvent
 from tidings.notification.requests import (
@@ -23,7 +24,7 @@ from tidings.notification.sources import (
     PasswordCodeAdded,
     SessionOTPChallenged,
 )
-from tidings.projections.base import Clock, Connection, InvalidEvent, utc_now
+from tidings.projections.base import Connection, InvalidEvent
 from tidings.projections.users import notify_user, parse_payload
 
 log = logging.getLogger(__name__)

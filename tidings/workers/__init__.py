@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tidings.workers.attempt import AttemptRunner, Outcome, UserLookup
-from tidings.workers.pool import WorkerPool, default_owner, now_utc
+from tidings.workers.pool import WorkerPool, default_owner
 from tidings.workers.queue import Claimed, PendingQueue
 
 __all__ = [
@@ -14,5 +14,4 @@ __all__ = [
     "UserLookup",
     "WorkerPool",
     "default_owner",
-    "now_utc",
 ]

@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import ValidationError
 
+from tidings.clock import Clock
 from tidings.config import NotificationSettings
 from tidings.config.durations import format_duration, parse_duration
 from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
@@ -42,7 +43,6 @@ log = logging.getLogger("tidings.workers")
 
 # Many users at once, by (instance id, user id); unknown ones are left out.
 UserLookup = Callable[[list[tuple[str, str]]], Awaitable[dict[tuple[str, str], NotifyUser]]]
-Clock = Callable[[], datetime]
 Result = Literal["sent", "retry", "canceled", "refused", "unrecorded"]
 CREATOR = "tidings-worker"
 
@@ -230,7 +230,7 @@ class AttemptRunner:
         due = now + backoff
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            due = max(due, now + _seconds(retry_after))
+            due = max(due, now + timedelta(seconds=retry_after))
         retry = RetryRequested(
             request=request, notify_user=user, backoff=backoff, attempt=attempt,
             error=error, due_at=due,
@@ -318,10 +318,6 @@ class AttemptRunner:
                 "duration_ms": round(seconds * 1000, 1),
             },
         )  # fmt: skip
-
-
-def _seconds(value: float) -> timedelta:
-    return timedelta(seconds=value)
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -8,14 +8,15 @@ import logging
 import os
 import socket
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from tidings.clock import Clock
 from tidings.config import NotificationSettings
 from tidings.errors import TidingsError
 from tidings.eventstore import Database, DatabaseUnavailable, WakeUp, wakeups
 from tidings.notification.events import RETRY_REQUESTED
 from tidings.notification.requests import REQUESTED
-from tidings.workers.attempt import AttemptRunner, Clock, Outcome
+from tidings.workers.attempt import AttemptRunner, Outcome
 from tidings.workers.queue import Claimed, Kind, PendingQueue
 
 log = logging.getLogger("tidings.workers")
@@ -188,7 +189,3 @@ async def _wait(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None 
     finally:
         for waiter in waiters:
             waiter.cancel()
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

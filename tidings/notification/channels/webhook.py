@@ -16,14 +16,14 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from tidings.clock import Clock, utc_now
 from tidings.config import WebhookChannelSettings
 from tidings.notification.channels.base import EmailContent, OutgoingMessage
 from tidings.notification.channels.http import send_failure
@@ -35,13 +35,6 @@ CHANNEL = "webhook"
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
 _ENV = "TIDINGS_CHANNELS_WEBHOOK_"
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
