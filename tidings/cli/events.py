@@ -1,0 +1,183 @@
+"""`tidings migrate` and `tidings events append`."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidings.cli.base import fail, main, run, settings_of
+from tidings.eventstore import (
+    ConcurrencyError,
+    NewEvent,
+    current_version,
+    latest_version,
+    migrate,
+    open_database,
+)
+
+
+@main.command("migrate")
+@click.option("--to", "target", type=int, help="Stop at this schema version (default: latest).")
+@click.pass_context
+def migrate_command(ctx: click.Context, target: int | None) -> None:
+    """Create or upgrade the database schema. Safe to run again."""
+
+    async def go() -> None:
+        async with (
+            open_database(settings_of(ctx).database, require_schema=False) as db,
+            db.pool.connection() as conn,
+        ):
+            applied = await migrate(conn, target=target)
+            version = await current_version(conn)
+        if applied:
+            names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+            click.echo(f"migrated {db.target}: applied {names}; schema at version {version}")
+        else:
+            click.echo(f"{db.target}: schema already at version {version}, nothing to apply")
+        if version < latest_version():
+            click.echo(f"note: the latest version is {latest_version()}", err=True)
+
+    run(go())
+
+
+@main.group("events")
+def events_group() -> None:
+    """Write events into the log."""
+
+
+class AppendLine(BaseModel):
+    """One line of `tidings events append`.
+
+    Takes what `replay --format jsonl` prints too: `sequence` then stands for
+    an expected sequence one lower, `position` and `created_at` are assigned
+    anew by the store.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(min_length=1)
+    aggregate_type: str = Field(min_length=1)
+    aggregate_id: str = Field(min_length=1)
+    event_type: str = Field(min_length=1)
+    payload: dict[str, Any]
+    expected_sequence: int | None = Field(default=None, ge=0)
+    owner: str = ""
+    creator: str = ""
+    sequence: int | None = Field(default=None, ge=1)
+    position: int | None = None
+    created_at: str | None = None
+
+    @model_validator(mode="after")
+    def _sequence_agrees(self) -> AppendLine:
+        both = self.sequence is not None and self.expected_sequence is not None
+        if both and self.expected_sequence != (self.sequence or 0) - 1:
+            raise ValueError("sequence and expected_sequence disagree")
+        return self
+
+    def to_event(self) -> NewEvent:
+        expected = self.expected_sequence
+        if expected is None and self.sequence is not None:
+            expected = self.sequence - 1
+        return NewEvent(
+            instance_id=self.instance_id,
+            aggregate_type=self.aggregate_type,
+            aggregate_id=self.aggregate_id,
+            event_type=self.event_type,
+            payload=self.payload,
+            expected_sequence=expected,
+            owner=self.owner,
+            creator=self.creator,
+        )
+
+
+def parse_event_lines(stream: IO[str], name: str) -> tuple[list[NewEvent], list[int]]:
+    """Events and their line numbers; exits naming every malformed line."""
+    events: list[NewEvent] = []
+    numbers: list[int] = []
+    problems: list[str] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(AppendLine.model_validate_json(line).to_event())
+            numbers.append(number)
+        except ValidationError as exc:
+            problems.append(f"{name} line {number}: {_validation_summary(exc)}")
+    if problems:
+        for problem in problems[:20]:
+            click.echo(f"error: {problem}", err=True)
+        if len(problems) > 20:
+            click.echo(f"error: ... and {len(problems) - 20} more malformed lines", err=True)
+        fail("nothing was appended", code=1)
+    return events, numbers
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "json_invalid":
+            parts.append(f"not valid JSON ({error['ctx'].get('error', 'syntax error')})")
+        else:
+            parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "; ".join(parts)
+
+
+@events_group.command("append")
+@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "jsonl"]),
+    default="text",
+    show_default=True,
+    help="How to print where each event landed.",
+)
+@click.pass_context
+def append_command(ctx: click.Context, source: IO[str], output_format: str) -> None:
+    """Append events from a JSON-lines FILE (or - for stdin), all in one transaction.
+
+    \b
+    Each line: {"instance_id", "aggregate_type", "aggregate_id", "event_type",
+    "payload": {...}, optional "expected_sequence" (the aggregate's last
+    sequence as you saw it, 0 for a new aggregate), "owner", "creator"}.
+    A malformed line or a conflict stores nothing and names the line.
+    """
+    name = "stdin" if source.name == "<stdin>" else source.name
+    events, numbers = parse_event_lines(source, name)
+    if not events:
+        fail(f"{name} holds no events")
+
+    async def go() -> None:
+        async with open_database(settings_of(ctx).database) as db:
+            try:
+                stored = await db.store.append(events)
+            except ConcurrencyError as exc:
+                where = f"{name} line {numbers[exc.index]}: " if exc.index is not None else ""
+                fail(f"{where}{exc}; nothing was appended")
+        for event, landed, number in zip(events, stored, numbers, strict=True):
+            if output_format == "jsonl":
+                click.echo(
+                    json.dumps(
+                        {
+                            "line": number,
+                            "position": landed.position,
+                            "sequence": landed.sequence,
+                            "instance_id": event.instance_id,
+                            "aggregate_type": event.aggregate_type,
+                            "aggregate_id": event.aggregate_id,
+                            "event_type": event.event_type,
+                        }
+                    )
+                )
+            else:
+                click.echo(
+                    f"position {landed.position}\tsequence {landed.sequence}\t"
+                    f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id}\t"
+                    f"{event.event_type}"
+                )
+
+    run(go())
