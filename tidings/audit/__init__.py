@@ -1,0 +1,1 @@
+"""Audit: check that the log holds what it must always hold."""
