@@ -111,3 +111,21 @@ def config_show(ctx: click.Context, output_format: str) -> None:
         click.echo(json.dumps(shown, indent=2))
     else:
         click.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())
+
+
+@config_group.command("reference")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (docs/settings.md) instead of stdout.",
+)
+def config_reference(output: Path | None) -> None:
+    """Print the settings reference (Markdown), generated from defaults.yaml's comments."""
+    from tidings.config.reference import settings_reference
+
+    text = settings_reference()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
