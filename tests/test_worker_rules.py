@@ -207,6 +207,25 @@ async def test_permanent_error_cancels_at_once(
     assert await h.pending() == []
 
 
+async def test_a_provider_quoting_the_code_never_puts_it_in_the_log(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """Errors go into retry and canceled events; a code a provider echoes is masked."""
+    h = harness()
+    await h.setup(requested("n-1", code="R3S/T 77"))
+    peer.script(Reply(503, body=b"busy with code R3S/T 77, link ...?code=R3S%2FT%2077"))
+    assert [o.result for o in await h.round()] == ["retry"]
+    await db.store.append([requested("n-2", code="950117")])
+    peer.script(Reply(422, body=b'{"error": "code 950117 rejected"}'))
+    assert [o.result for o in await h.round()] == ["canceled"]
+    retry = RetryRequested.model_validate((await h.events("n-1"))[-1][1])
+    canceled = Canceled.model_validate((await h.events("n-2"))[-1][1])
+    assert "503" in retry.error and "***" in retry.error
+    assert "R3S/T 77" not in retry.error and "R3S%2FT%2077" not in retry.error
+    assert "422" in canceled.error and "code *** rejected" in canceled.error
+    assert "950117" not in canceled.error
+
+
 async def test_expired_notifications_are_canceled_never_sent(
     db: Database, peer: HttpPeer, harness: Callable[..., Harness]
 ) -> None:

@@ -11,6 +11,7 @@ from tidings.clock import Clock, utc_now
 from tidings.config import Settings
 from tidings.eventstore import Database
 from tidings.eventstore.errors import translated_errors
+from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff, Uniform
 from tidings.notification.requests import NotifyUser
 from tidings.notification.setup import build_channels, build_composer
@@ -29,8 +30,10 @@ class Service:
         clock: Clock = utc_now,
         uniform: Uniform = random.uniform,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self.metrics = metrics
         self._settings = settings
         n = settings.notifications
         self.channels = build_channels(settings)
@@ -47,8 +50,11 @@ class Service:
                 uniform=uniform,
             ),
             clock=clock,
+            metrics=metrics,
         )
-        self.pool = WorkerPool(db=db, runner=self.runner, settings=n, clock=clock, owner=owner)
+        self.pool = WorkerPool(
+            db=db, runner=self.runner, settings=n, clock=clock, owner=owner, metrics=metrics
+        )
         self.projector = Projector(
             db=db, projections=default_projections(db, settings), settings=settings.projections
         )
@@ -87,7 +93,9 @@ class Service:
             )
             if projector:
                 group.create_task(self.projector.run(stop=stop, leader=self.leader()))
-        log.info("stopped: in-flight attempts finished and recorded")
+        log.info(
+            "stopped: in-flight attempts finished and recorded", extra={"owner": self.pool.owner}
+        )
 
     async def _run_until_idle(
         self, stop: asyncio.Event, workers: int, retry_workers: int, projector: bool

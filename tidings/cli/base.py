@@ -6,20 +6,26 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import prometheus_client
 
 from tidings import __version__
+from tidings.cli.logs import configure_logging, logs_as_json
 from tidings.config import Settings, load_settings
 from tidings.config.durations import parse_duration
+from tidings.config.settings import parse_address
 from tidings.errors import ConfigError, TidingsError
 from tidings.eventstore import (
     Database,
 )
+from tidings.health import OperationsServer
+from tidings.metrics import Metrics
 from tidings.projections import Projector, default_projections
 
 log = logging.getLogger("tidings")
@@ -35,7 +41,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    if logs_as_json():  # a log collector reads stderr: keep every line an object
+        log.error(message, extra={"exit_code": code})
+    else:
+        click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
 
@@ -59,28 +68,36 @@ def settings_of(ctx: click.Context) -> Settings:
     show_default=True,
     help="How much tidings logs to stderr.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default=None,
+    help="Log lines as text or as one JSON object per line "
+    "(default: operations.log_format, TIDINGS_OPERATIONS_LOG_FORMAT, else text).",
+)
 @click.version_option(__version__, prog_name="tidings")
 @click.pass_context
-def main(ctx: click.Context, config_file: Path | None, log_level: str) -> None:
+def main(
+    ctx: click.Context, config_file: Path | None, log_level: str, log_format: str | None
+) -> None:
     """tidings: an event-sourced notification worker pool on PostgreSQL.
 
     Without database.url (TIDINGS_DATABASE_URL) every command uses an embedded
     PostgreSQL kept in database.data_dir (TIDINGS_DATA_DIR).
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request URL at INFO, query-string tokens included.
-    for noisy in ("pgserver", "psycopg.pool", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        ctx.obj = load_settings(config_file)
+        settings = load_settings(config_file)
     except ConfigError as exc:
         for problem in exc.problems or [str(exc)]:
             click.echo(f"error: {problem}", err=True)
         sys.exit(2)
+    chosen = log_format.lower() if log_format else settings.operations.log_format
+    configure_logging(
+        level=log_level,
+        log_format="json" if chosen == "json" else "text",
+        secrets=settings.secret_values(),
+    )
+    ctx.obj = settings
 
 
 def parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -116,3 +133,64 @@ def make_projector(db: Database, settings: Settings, names: Iterable[str] = ()) 
 
 
 PROJECTION_NAMES = ("users", "requests", "pending")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def metrics_addr_option(command: F) -> F:
+    """`--metrics-addr HOST:PORT`, over operations.metrics_addr."""
+    option = click.option(
+        "--metrics-addr",
+        callback=_address,
+        metavar="HOST:PORT",
+        help="Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464 "
+        "(default: operations.metrics_addr, TIDINGS_OPERATIONS_METRICS_ADDR; unset: off).",
+    )
+    decorated: F = option(command)
+    return decorated
+
+
+def metrics_address(settings: Settings, cli_value: str | None) -> tuple[str, int] | None:
+    """The option's address when given, else the setting's, else None (not served)."""
+    if cli_value:
+        return parse_address(cli_value)
+    return settings.operations.metrics_address()
+
+
+@asynccontextmanager
+async def serving_operations(
+    address: tuple[str, int] | None,
+    *,
+    db: Database,
+    settings: Settings,
+    metrics: Metrics | None,
+    projector: Projector,
+    stop: asyncio.Event,
+) -> AsyncIterator[OperationsServer | None]:
+    """Serve metrics and probes on `address` for the block (nothing when it is None)."""
+    if address is None or metrics is None:
+        yield None
+        return
+    # A *_created series per counter and histogram doubles the series for no
+    # use on a Prometheus server; this process exports none.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    server = OperationsServer(
+        host=address[0],
+        port=address[1],
+        db=db,
+        metrics=metrics,
+        projector=projector,
+        ready_max_projector_lag=settings.operations.ready_max_projector_lag,
+        stop=stop,
+    )
+    async with server:
+        yield server

@@ -15,13 +15,17 @@ from tidings.cli.base import (
     fail,
     main,
     make_projector,
+    metrics_addr_option,
+    metrics_address,
     run,
+    serving_operations,
     settings_of,
     stop_on_signals,
 )
 from tidings.eventstore import (
     open_database,
 )
+from tidings.metrics import Metrics
 from tidings.projections import LeaderLock
 from tidings.workers import PendingQueue
 
@@ -33,14 +37,17 @@ def projections_group() -> None:
 
 @projections_group.command("run")
 @click.option("--until-idle", is_flag=True, help="Catch up once, then exit 0.")
+@metrics_addr_option
 @click.pass_context
-def projections_run(ctx: click.Context, until_idle: bool) -> None:
+def projections_run(ctx: click.Context, until_idle: bool, metrics_addr: str | None) -> None:
     """Run the projector alone (no workers).
 
     Only one process projects at a time; others stand by and take over within
     projections.leader_retry_every when it stops. SIGTERM finishes the batch.
+    With --metrics-addr, /metrics, /healthz and /readyz are served there.
     """
     settings = settings_of(ctx)
+    address = metrics_address(settings, metrics_addr)
 
     async def go() -> None:
         async with open_database(settings.database) as db:
@@ -50,7 +57,12 @@ def projections_run(ctx: click.Context, until_idle: bool) -> None:
                 conninfo=db.conninfo,
                 retry_every=settings.projections.leader_retry_every.total_seconds(),
             )
-            await make_projector(db, settings).run(stop=stop, leader=leader, until_idle=until_idle)
+            projector = make_projector(db, settings)
+            async with serving_operations(
+                address, db=db, settings=settings, metrics=Metrics() if address else None,
+                projector=projector, stop=stop,
+            ):  # fmt: skip
+                await projector.run(stop=stop, leader=leader, until_idle=until_idle)
 
     run(go())
 

@@ -9,12 +9,22 @@ from pathlib import Path
 
 import click
 
-from tidings.cli.base import fail, main, run, settings_of, stop_on_signals
+from tidings.cli.base import (
+    fail,
+    main,
+    metrics_addr_option,
+    metrics_address,
+    run,
+    serving_operations,
+    settings_of,
+    stop_on_signals,
+)
 from tidings.eventstore import (
     Database,
     EventQuery,
     open_database,
 )
+from tidings.metrics import Metrics
 from tidings.service import Service
 from tidings.workers.history import Step, describe, history
 
@@ -28,6 +38,7 @@ from tidings.workers.history import Step, describe, history
 @click.option(
     "--until-idle", is_flag=True, help="Exit 0 once nothing is pending or due (batch runs)."
 )
+@metrics_addr_option
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -35,6 +46,7 @@ def run_command(
     retry_workers: int | None,
     no_projector: bool,
     until_idle: bool,
+    metrics_addr: str | None,
 ) -> None:
     """Run the projector and the worker pool.
 
@@ -44,29 +56,36 @@ def run_command(
       tidings run --workers 0 --retry-workers 2 --no-projector
     SIGTERM or SIGINT stops claiming, finishes the attempts in flight,
     records their outcomes, and exits 0.
+    With --metrics-addr, /metrics, /healthz and /readyz are served there.
     """
     settings = settings_of(ctx)
     counts = (
         settings.notifications.workers if workers is None else workers,
         settings.notifications.retry_workers if retry_workers is None else retry_workers,
     )
+    address = metrics_address(settings, metrics_addr)
 
     async def go() -> None:
         async with open_database(settings.database) as db:
             stop = asyncio.Event()
             stop_on_signals(stop)
-            service = Service(db=db, settings=settings)
+            metrics = Metrics() if address is not None else None
+            service = Service(db=db, settings=settings, metrics=metrics)
             try:
-                start = await db.store.last_position()
-                await service.run(
-                    stop=stop,
-                    workers=counts[0],
-                    retry_workers=counts[1],
-                    projector=not no_projector,
-                    until_idle=until_idle,
-                )
-                if until_idle:
-                    await print_outcomes(db, start, service.outbox)
+                async with serving_operations(
+                    address, db=db, settings=settings, metrics=metrics,
+                    projector=service.projector, stop=stop,
+                ):  # fmt: skip
+                    start = await db.store.last_position()
+                    await service.run(
+                        stop=stop,
+                        workers=counts[0],
+                        retry_workers=counts[1],
+                        projector=not no_projector,
+                        until_idle=until_idle,
+                    )
+                    if until_idle:
+                        await print_outcomes(db, start, service.outbox)
             finally:
                 await service.close()
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import platformdirs
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -32,7 +33,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tidings.config.durations import DURATION_HELP, Duration, format_duration
-from tidings.config.masking import mask_url
+from tidings.config.masking import mask_url, url_secrets
 from tidings.errors import ConfigError
 
 DEFAULTS_RESOURCE = "defaults.yaml"
@@ -201,6 +202,46 @@ class TemplateSettings(_Section):
     product_name: str = "tidings"
 
 
+def parse_address(value: str) -> tuple[str, int]:
+    """`host:port` (an IPv6 host in brackets: `[::1]:9464`) as (host, port)."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(
+            f"expected host:port such as 127.0.0.1:9464 or 0.0.0.0:9464, got {value!r}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, like [::1]:9464, got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the port must be between 1 and 65535, got {port}")
+    if not host:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")
+    return host, port
+
+
+def _check_address(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    parse_address(value)
+    return value.strip()
+
+
+Address = Annotated[str | None, AfterValidator(_check_address)]
+
+
+class OperationsSettings(_Section):
+    metrics_addr: Address = None
+    ready_max_projector_lag: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    log_format: Literal["text", "json"] = "text"
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where /metrics, /healthz and /readyz are served, or None when off."""
+        return parse_address(self.metrics_addr) if self.metrics_addr else None
+
+
 class Settings(BaseSettings):
     """Every setting of tidings; see defaults.yaml for what each one does."""
 
@@ -212,13 +253,39 @@ class Settings(BaseSettings):
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
+    operations: OperationsSettings = Field(default_factory=OperationsSettings)
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain values, with every secret masked."""
         shown: dict[str, Any] = _mask_secrets(self.model_dump())
         if self.database.url is not None:
             shown["database"]["url"] = mask_url(self.database.url.get_secret_value())
+        # Endpoint URLs may carry credentials (https://user:pass@host/hook?token=...).
+        channels = shown["channels"]
+        channels["webhook"]["url"] = mask_url(self.channels.webhook.url)
+        channels["twilio"]["base_url"] = mask_url(self.channels.twilio.base_url)
         return shown
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret as written, longest first: what logs must never show.
+
+        The SecretStr settings, and the passwords and tokens inside the database
+        and endpoint URLs. Values shorter than 4 characters are left out: masking
+        them everywhere would garble logs without protecting anything.
+        """
+        found = [
+            secret.get_secret_value()
+            for secret in _secret_strs(self)
+            if secret is not self.database.url  # its secret is the password in it
+        ]
+        signing_secret = self.channels.webhook.signing_secret
+        if signing_secret is not None:  # the base64 key without its whsec_ prefix, too
+            found.append(signing_secret.get_secret_value().strip().removeprefix("whsec_"))
+        if self.database.url is not None:
+            found += url_secrets(self.database.url.get_secret_value())
+        found += url_secrets(self.channels.webhook.url)
+        found += url_secrets(self.channels.twilio.base_url)
+        return sorted({value for value in found if len(value) >= 4}, key=len, reverse=True)
 
     @classmethod
     def settings_customise_sources(
@@ -300,6 +367,20 @@ def _env_value(value: str, annotation: Any) -> Any:
         if origin in (list, tuple):
             return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+def _secret_strs(value: Any) -> Iterator[SecretStr]:
+    if isinstance(value, SecretStr):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_strs(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _secret_strs(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _secret_strs(item)
 
 
 def _mask_secrets(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -10,7 +10,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.eventstore.errors import translated_errors
-from tidings.eventstore.filters import compose_select
+from tidings.eventstore.filters import Trail, compose_select
 from tidings.eventstore.models import (
     EVENTS_CHANNEL,
     AppendedEvent,
@@ -117,13 +117,22 @@ class EventStore:
             resume_after = max(after, horizon - 1)
         return ReadBatch(events=events, resume_after=resume_after)
 
-    async def stream(self, q: EventQuery, *, batch_size: int = 2000) -> AsyncIterator[StoredEvent]:
+    async def stream(
+        self,
+        q: EventQuery,
+        *,
+        batch_size: int = 2000,
+        trail: Trail | None = None,
+        below: int | None = None,
+    ) -> AsyncGenerator[StoredEvent]:
         """Every event matching `q`, in position order, through a server-side cursor.
 
         Memory stays constant whatever the size of the log: rows arrive
-        `batch_size` at a time from one snapshot.
+        `batch_size` at a time from one snapshot. With `trail`, only the events
+        of that user's or notification's trail (see UserTrail); with `below`,
+        only positions below it, e.g. below `horizon()` to follow the log.
         """
-        statement, params = compose_select(q)
+        statement, params = compose_select(q, trail=trail, below=below)
         with translated_errors():
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor(name="tidings_stream")
@@ -141,6 +150,18 @@ class EventStore:
             return await _fetch(conn, statement, params)
         async with self._pool.connection() as own:
             return await _fetch(own, statement, params)
+
+    async def horizon(self) -> int:
+        """The ordered reader's horizon: every position below it is final.
+
+        All events below it were written by finished transactions, so no event
+        can appear there any more (see read_ordered). A reader that reads only
+        below it, and resumes from it, never skips an event that commits late.
+        """
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                rows = await _fetch(conn, query("horizon"), {})
+        return int(rows[0][0])
 
     async def last_position(self) -> int:
         """The highest position in the log (0 when empty)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
 from tidings.notification.errors import CodeError
@@ -85,6 +86,7 @@ class MessageComposer:
             attempt=attempt,
             message_type=request.message_type,
             content=content,
+            sensitive=code_forms(code),
         )
 
     def variables(
@@ -111,6 +113,13 @@ class MessageComposer:
                 "(TIDINGS_CRYPTO_KEYS)"
             )
         return self._cipher.decrypt(request.code)
+
+
+def code_forms(code: str) -> tuple[str, ...]:
+    """The ways a code can appear in a message or a provider's echo of it."""
+    if not code:
+        return ()
+    return tuple(dict.fromkeys((code, quote(code, safe=""), quote_plus(code))))
 
 
 def url_variables(request: Request, user: NotifyUser, code: str) -> Mapping[str, Any]:

@@ -150,7 +150,10 @@ class Projector:
         except DatabaseUnavailable:
             raise
         except Exception as exc:  # a bug must not stop the projector: record, skip, tell
-            log.exception("projection %s failed on position %s", projection.name, event.position)
+            log.exception(
+                "projection %s failed on position %s", projection.name, event.position,
+                extra=_event_fields(projection, event),
+            )  # fmt: skip
             await self._record_failure(projection, event, f"{type(exc).__name__}: {exc}", conn)
 
     async def _record_failure(
@@ -160,6 +163,7 @@ class Projector:
             "projection %s skipped %s at position %s (%s %s/%s seq %s): %s",
             projection.name, event.event_type, event.position, event.instance_id,
             event.aggregate_type, event.aggregate_id, event.sequence, error,
+            extra={**_event_fields(projection, event), "error": error},
         )  # fmt: skip
         await conn.execute(
             query("failure_record"),
@@ -239,6 +243,7 @@ class Projector:
             log.warning(
                 "projector: %s; retrying in %.1fs without advancing (try %d)",
                 error, delay, state.attempt_number,
+                extra={"error": str(error), "retry_in_seconds": delay, "try": state.attempt_number},
             )  # fmt: skip
 
         async for attempt in AsyncRetrying(
@@ -312,6 +317,19 @@ class Projector:
                 if progress is not None:
                     progress(covered)
         return total
+
+
+def _event_fields(projection: Projection, event: StoredEvent) -> dict[str, object]:
+    """What a log line about one event carries, to find it in the log (no payload)."""
+    return {
+        "projection": projection.name,
+        "position": event.position,
+        "event_type": event.event_type,
+        "instance_id": event.instance_id,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+    }
 
 
 async def _first(*events: asyncio.Event) -> None:

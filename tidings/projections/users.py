@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
@@ -43,11 +44,23 @@ def parse_payload(event: StoredEvent, model: type[SourcePayload]) -> Any:
         ) from exc
 
 
+LIVE_TABLE = sql.Identifier("tidings", "users")
+
+
 class UsersProjection:
-    """Keeps tidings.users up to date from user events."""
+    """Keeps tidings.users (or another table of its shape) up to date from user events.
+
+    `table` is tidings.users for the projector; the audit replays the same
+    projection into a private copy to compare the two.
+    """
 
     name = "users"
     event_types = frozenset(_STATEMENTS)
+
+    def __init__(self, table: sql.Identifier = LIVE_TABLE) -> None:
+        self._statements = {
+            name: query(name).format(users=table) for name in {*_STATEMENTS.values(), "users_reset"}
+        }
 
     async def handle(self, event: StoredEvent, conn: Connection) -> None:
         if event.aggregate_type != "user":
@@ -66,7 +79,7 @@ class UsersProjection:
             "sequence": event.sequence,
             "change_date": event.created_at,
         }
-        cur = await conn.execute(query(_STATEMENTS[event.event_type]), params)
+        cur = await conn.execute(self._statements[_STATEMENTS[event.event_type]], params)
         if cur.rowcount == 0:
             raise InvalidEvent(
                 f"{event.event_type} at position {event.position} is for user "
@@ -76,7 +89,7 @@ class UsersProjection:
             )
 
     async def reset(self, conn: Connection) -> None:
-        await conn.execute(query("users_reset"))
+        await conn.execute(self._statements["users_reset"])
 
 
 async def notify_user(conn: Connection, *, instance_id: str, user_id: str) -> NotifyUser | None:

@@ -22,7 +22,9 @@ from tidings.clock import Clock
 from tidings.config import NotificationSettings
 from tidings.config.durations import format_duration, parse_duration
 from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
+from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff
+from tidings.notification.channels.base import OutgoingMessage
 from tidings.notification.channels.registry import ChannelRegistry
 from tidings.notification.compose import MessageComposer
 from tidings.notification.errors import PermanentSendError, SendError, TransientSendError
@@ -80,6 +82,7 @@ class AttemptRunner:
         settings: NotificationSettings,
         backoff: Backoff,
         clock: Clock,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._composer = composer
@@ -88,6 +91,7 @@ class AttemptRunner:
         self._settings = settings
         self._backoff = backoff
         self._clock = clock
+        self._metrics = metrics
 
     async def run(self, claimed: Claimed) -> Outcome:
         """Attempt one notification (see run_bulk)."""
@@ -108,12 +112,24 @@ class AttemptRunner:
                 "cannot read the users of a bulk of %d (%s); they will be claimed again "
                 "when their lease runs out", len(bulk), exc,
             )  # fmt: skip
-            return [Outcome("unrecorded", "database unavailable") for _ in bulk]
+            outcomes = [Outcome("unrecorded", "database unavailable") for _ in bulk]
+            if self._metrics is not None:
+                for claimed in bulk:
+                    self._metrics.attempt("unrecorded", None, _message_type(claimed))
+            return outcomes
         decided = await asyncio.gather(*(self._decide(c, users) for c in bulk))
         recorded = await self._record(list(decided))
         for d in decided:
-            self._log(d.claimed, recorded[id(d)], d.channel, time.monotonic() - d.started)
+            outcome = recorded[id(d)]
+            self._log(d, outcome, time.monotonic() - d.started)
+            if self._metrics is not None:
+                self._count(d, outcome, self._metrics)
         return [recorded[id(d)] for d in decided]
+
+    def _count(self, decided: _Decided, outcome: Outcome, metrics: Metrics) -> None:
+        metrics.attempt(outcome.result, decided.channel, _message_type(decided.claimed))
+        if outcome.result == "canceled" and outcome.reason:
+            metrics.cancel(outcome.reason)
 
     async def _decide(self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]) -> _Decided:
         started = time.monotonic()
@@ -123,6 +139,11 @@ class AttemptRunner:
             log.exception(
                 "attempt %s of notification %s (instance %s) failed unexpectedly",
                 claimed.attempt, claimed.notification_id, claimed.instance_id,
+                extra={
+                    "instance_id": claimed.instance_id,
+                    "notification_id": claimed.notification_id,
+                    "attempt": claimed.attempt,
+                },
             )  # fmt: skip
             events, outcome, channel = self._retry_or_cancel(
                 claimed, None, None, f"internal error: {type(exc).__name__}: {exc}", None
@@ -162,6 +183,7 @@ class AttemptRunner:
         user = snapshot if snapshot is not None else current
         assert user is not None
         channel_name = self._channels.name_for(claimed.instance_id, request.channel)
+        message: OutgoingMessage | None = None
         try:
             message = self._composer.compose(
                 notification_id=claimed.notification_id,
@@ -171,16 +193,25 @@ class AttemptRunner:
                 user=user,
             )
             channel = self._channels.channel_for(claimed.instance_id, request.channel)
-            async with asyncio.timeout(self._send_timeout()):
-                provider_id = await channel.send(message)
+            sending = time.monotonic()
+            try:
+                async with asyncio.timeout(self._send_timeout()):
+                    provider_id = await channel.send(message)
+            finally:
+                if self._metrics is not None:
+                    self._metrics.sent_in(channel_name, time.monotonic() - sending)
         except PermanentSendError as exc:
+            # A provider may quote the request, code included, in its error:
+            # the error goes into the log, the code never does.
+            error = message.scrub(str(exc)) if message else str(exc)
             return (
-                self._cancel(claimed, "permanent_error", str(exc), attempts=claimed.attempt),
+                self._cancel(claimed, "permanent_error", error, attempts=claimed.attempt),
                 Outcome("canceled", "permanent_error"),
                 channel_name,
             )
         except TransientSendError as exc:
-            return (*self._retry_or_cancel(claimed, request, user, str(exc), exc)[:2], channel_name)
+            error = message.scrub(str(exc)) if message else str(exc)
+            return (*self._retry_or_cancel(claimed, request, user, error, exc)[:2], channel_name)
         except TimeoutError:
             error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
             return (*self._retry_or_cancel(claimed, request, user, error, None)[:2], channel_name)
@@ -274,6 +305,12 @@ class AttemptRunner:
                     "(%s); its %s is not recorded",
                     late.claimed.notification_id, late.claimed.instance_id,
                     late.claimed.attempt, exc, late.outcome.result,
+                    extra={
+                        "instance_id": late.claimed.instance_id,
+                        "notification_id": late.claimed.notification_id,
+                        "attempt": late.claimed.attempt,
+                        "refused_outcome": late.outcome.result,
+                    },
                 )  # fmt: skip
                 results[id(late)] = Outcome("refused", late.outcome.result)
                 waiting.remove(late)
@@ -289,6 +326,12 @@ class AttemptRunner:
                         "%s; it will be claimed again when its lease runs out",
                         d.outcome.result, d.claimed.notification_id, d.claimed.instance_id,
                         d.claimed.attempt, exc,
+                        extra={
+                            "instance_id": d.claimed.instance_id,
+                            "notification_id": d.claimed.notification_id,
+                            "attempt": d.claimed.attempt,
+                            "unrecorded_outcome": d.outcome.result,
+                        },
                     )  # fmt: skip
                     results[id(d)] = Outcome("unrecorded", d.outcome.result)
                 break
@@ -299,24 +342,33 @@ class AttemptRunner:
             results.setdefault(id(d), d.outcome)
         return results
 
-    def _log(self, claimed: Claimed, outcome: Outcome, channel: str | None, seconds: float) -> None:
+    def _log(self, decided: _Decided, outcome: Outcome, seconds: float) -> None:
+        claimed, channel = decided.claimed, decided.channel
         request = claimed.request if isinstance(claimed.request, dict) else {}
         level = logging.INFO if outcome.result in ("sent", "retry") else logging.WARNING
+        fields: dict[str, object] = {
+            "instance_id": claimed.instance_id,
+            "notification_id": claimed.notification_id,
+            "attempt": claimed.attempt,
+            "kind": claimed.kind,
+            "message_type": request.get("message_type"),
+            "requested_channel": request.get("channel"),
+            "channel": channel,
+            "outcome": outcome.result,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        if outcome.reason:
+            fields["reason"] = outcome.reason
+        # No error text here: it may quote a provider's answer, and a provider may
+        # echo the one-time code. It is in the log's retry/canceled event instead
+        # (`tidings history <notification id>`).
         log.log(
             level,
             "notification %s instance %s attempt %s %s %s via %s: %s%s (%.0f ms)",
             claimed.notification_id, claimed.instance_id, claimed.attempt,
             request.get("message_type", "?"), request.get("channel", "?"), channel or "-",
             outcome.result, f" ({outcome.reason})" if outcome.reason else "", seconds * 1000,
-            extra={
-                "instance_id": claimed.instance_id,
-                "notification_id": claimed.notification_id,
-                "attempt": claimed.attempt,
-                "message_type": request.get("message_type"),
-                "channel": channel,
-                "outcome": outcome.result,
-                "duration_ms": round(seconds * 1000, 1),
-            },
+            extra=fields,
         )  # fmt: skip
 
 
@@ -324,6 +376,12 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"]) or "request"
     return f"{where}: {error['msg']}"
+
+
+def _message_type(claimed: Claimed) -> str | None:
+    request = claimed.request if isinstance(claimed.request, dict) else {}
+    value = request.get("message_type")
+    return str(value) if value is not None else None
 
 
 def _user_key(claimed: Claimed) -> tuple[str, str]:

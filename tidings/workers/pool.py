@@ -8,12 +8,14 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from datetime import timedelta
 
 from tidings.clock import Clock
 from tidings.config import NotificationSettings
 from tidings.errors import TidingsError
 from tidings.eventstore import Database, DatabaseUnavailable, WakeUp, wakeups
+from tidings.metrics import Metrics
 from tidings.notification.events import RETRY_REQUESTED
 from tidings.notification.requests import REQUESTED
 from tidings.workers.attempt import AttemptRunner, Outcome
@@ -44,13 +46,16 @@ class WorkerPool:
         settings: NotificationSettings,
         clock: Clock,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._runner = runner
         self._settings = settings
         self._clock = clock
+        self._metrics = metrics
         self.owner = owner or default_owner()
         self.queue = PendingQueue(pool=db.pool)
+        self._outcomes: Counter[str] = Counter()
 
     async def run(
         self,
@@ -70,10 +75,19 @@ class WorkerPool:
         if not kinds:
             return
         wakes: dict[Kind, list[asyncio.Event]] = {"request": [], "retry": []}
+        fields = {
+            "owner": self.owner,
+            "request_workers": workers,
+            "retry_workers": retry_workers,
+            "bulk_limit": self._settings.bulk_limit,
+            "lease_seconds": self._settings.transaction_duration.total_seconds(),
+            "until_idle": until_idle,
+        }
         log.info(
             "worker pool %s: %d request and %d retry workers, bulk %d",
-            self.owner, workers, retry_workers, self._settings.bulk_limit,
+            self.owner, workers, retry_workers, self._settings.bulk_limit, extra=fields,
         )  # fmt: skip
+        self._outcomes = Counter()
         listener = asyncio.create_task(self._listen(wakes, until_idle))
         try:
             # A task group: should a worker ever die of a bug, the others are
@@ -92,6 +106,13 @@ class WorkerPool:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+            outcomes = dict(sorted(self._outcomes.items()))
+            log.info(
+                "worker pool %s stopped after %d attempts (%s)",
+                self.owner, sum(outcomes.values()),
+                ", ".join(f"{result} {n}" for result, n in outcomes.items()) or "none",
+                extra={**fields, "attempts": outcomes},
+            )  # fmt: skip
 
     async def _loop(
         self,
@@ -114,7 +135,10 @@ class WorkerPool:
             except DatabaseUnavailable as exc:
                 failures += 1
                 delay = min(0.2 * 2**failures, 10.0)
-                log.warning("%s worker cannot claim (%s); trying again in %.1fs", kind, exc, delay)
+                log.warning(
+                    "%s worker cannot claim (%s); trying again in %.1fs", kind, exc, delay,
+                    extra={"owner": self.owner, "kind": kind, "retry_in_seconds": delay},
+                )  # fmt: skip
                 await _wait(stop, delay)
                 continue
             if claimed:
@@ -133,7 +157,7 @@ class WorkerPool:
     async def claim(self, kind: Kind) -> list[Claimed]:
         now = self._clock()
         window = self._settings.handle_active_instances
-        return await self.queue.claim(
+        claimed = await self.queue.claim(
             kind=kind,
             limit=self._settings.bulk_limit,
             now=now,
@@ -141,10 +165,24 @@ class WorkerPool:
             owner=self.owner,
             active_since=now - window if window > timedelta(0) else None,
         )
+        if self._metrics is not None:
+            for c in claimed:
+                # A request is due when requested; a retry at its due_at.
+                became_due = c.requested_at if c.kind == "request" else c.due_at
+                # `claims` counts every claim of the notification, and each recorded
+                # attempt took one: more than attempts + 1 means a lease ran out.
+                self._metrics.picked_up(
+                    c.kind,
+                    (now - became_due).total_seconds(),
+                    lease_expired=c.claims > c.attempts + 1,
+                )
+        return claimed
 
     async def process(self, claimed: list[Claimed]) -> list[Outcome]:
         """Send a claimed bulk concurrently; every outcome is recorded by its attempt."""
-        return await self._runner.run_bulk(claimed)
+        outcomes = await self._runner.run_bulk(claimed)
+        self._outcomes.update(outcome.result for outcome in outcomes)
+        return outcomes
 
     async def _idle_wait(self, kind: Kind, interval: float) -> float:
         """Sleep until the next wake-up, the poll interval, or the next due time."""

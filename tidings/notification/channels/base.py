@@ -40,6 +40,9 @@ class OutgoingMessage:
     message_type: str
     content: EmailContent | SMSContent
     metadata: dict[str, str] = field(default_factory=dict)
+    # The one-time code as it may appear in the content (plain and URL-encoded):
+    # what scrub() masks out of a provider's error before it reaches the log.
+    sensitive: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def kind(self) -> ChannelKind:
@@ -49,6 +52,12 @@ class OutgoingMessage:
     def idempotency_key(self) -> str:
         """The same for a re-send of this attempt, different for the next attempt."""
         return f"{self.notification_id}-{self.attempt}"
+
+    def scrub(self, text: str) -> str:
+        """`text` (e.g. a provider's error quoting the request) with the code masked."""
+        for secret in self.sensitive:
+            text = text.replace(secret, "***")
+        return text
 
     def describe(self) -> str:
         """A one-line summary with no content in it, fit for logs."""

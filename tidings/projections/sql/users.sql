@@ -1,7 +1,8 @@
--- The users read model: one row per instance and user.
+-- The users read model: one row per instance and user. The statements that
+-- write it name the table {users}: tidings.users, or the audit's private copy.
 
 -- name: user_added
-INSERT INTO tidings.users AS u (
+INSERT INTO {users} AS u (
     instance_id, user_id, resource_owner, username, first_name, last_name,
     display_name, preferred_language, last_email, verified_email, last_phone,
     verified_phone, state, sequence, change_date)
@@ -26,7 +27,7 @@ ON CONFLICT (instance_id, user_id) DO UPDATE SET
     change_date = excluded.change_date;
 
 -- name: user_profile_changed
-UPDATE tidings.users SET
+UPDATE {users} SET
     first_name = coalesce(%(first_name)s, first_name),
     last_name = coalesce(%(last_name)s, last_name),
     display_name = coalesce(%(display_name)s, display_name),
@@ -37,43 +38,43 @@ WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 -- name: user_email_changed
 -- A new address is unverified until user.human.email.verified; until then
 -- verified messages still go to the last verified one.
-UPDATE tidings.users SET
+UPDATE {users} SET
     last_email = %(email)s,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_email_verified
-UPDATE tidings.users SET
+UPDATE {users} SET
     verified_email = last_email,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_phone_changed
-UPDATE tidings.users SET
+UPDATE {users} SET
     last_phone = %(phone)s,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_phone_verified
-UPDATE tidings.users SET
+UPDATE {users} SET
     verified_phone = last_phone,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_phone_removed
-UPDATE tidings.users SET
+UPDATE {users} SET
     last_phone = NULL, verified_phone = NULL,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_username_changed
-UPDATE tidings.users SET
+UPDATE {users} SET
     username = %(username)s,
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
 -- name: user_removed
-UPDATE tidings.users SET
+UPDATE {users} SET
     state = 'removed',
     sequence = %(sequence)s, change_date = %(change_date)s
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
@@ -93,7 +94,7 @@ FROM tidings.users
 ORDER BY instance_id, user_id;
 
 -- name: users_reset
-DELETE FROM tidings.users;
+DELETE FROM {users};
 
 -- name: users_get_many
 SELECT u.instance_id, u.user_id, u.resource_owner, u.username, u.first_name, u.last_name,
