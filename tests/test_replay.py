@@ -303,6 +303,27 @@ async def test_keep_encrypted_prints_the_stored_ciphertext(
     assert scenario.log.codes[0][:16] in reset_row  # ada's reset code, the first one stored
 
 
+def test_a_redacted_replay_cannot_be_appended_as_a_copy(
+    env: dict[str, str], scenario: Scenario, empty_conninfo: str
+) -> None:
+    """A copy made without --keep-encrypted would hold codes no one can send: refused."""
+    copy_env = clean_env(TIDINGS_DATABASE_URL=empty_conninfo)
+    assert tidings("migrate", env=copy_env).returncode == 0
+    redacted = tidings("replay", "--format", "jsonl", env=env).stdout
+    refused = tidings("events", "append", "-", env=copy_env, stdin=redacted)
+    assert refused.returncode == 1
+    first_coded = 1 + [json.loads(r)["position"] for r in redacted.splitlines()].index(
+        scenario.log.positions["ada.reset"]
+    )
+    assert f"stdin line {first_coded}: payload.code is '<encrypted>'" in refused.stderr
+    assert "--keep-encrypted" in refused.stderr and "nothing was appended" in refused.stderr
+
+    kept = tidings("replay", "--format", "jsonl", "--keep-encrypted", env=env).stdout
+    copied = tidings("events", "append", "-", env=copy_env, stdin=kept)
+    assert copied.returncode == 0, copied.stderr
+    assert len(replayed(copy_env)) == len(kept.splitlines())
+
+
 def test_output_writes_what_stdout_would(
     env: dict[str, str], scenario: Scenario, tmp_path: Path
 ) -> None:

@@ -17,6 +17,7 @@ from tidings.eventstore import (
     migrate,
     open_database,
 )
+from tidings.notification.redaction import ENCRYPTED, redacted_path
 
 
 @main.command("migrate")
@@ -71,6 +72,16 @@ class AppendLine(BaseModel):
     created_at: str | None = None
 
     @model_validator(mode="after")
+    def _no_redacted_code(self) -> AppendLine:
+        where = redacted_path(self.payload)
+        if where is not None:
+            raise ValueError(
+                f"{where} is {ENCRYPTED!r}: a code hidden by `tidings replay`, which could "
+                "never be sent; to copy a log, replay with --keep-encrypted"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sequence_agrees(self) -> AppendLine:
         both = self.sequence is not None and self.expected_sequence is not None
         if both and self.expected_sequence != (self.sequence or 0) - 1:
@@ -122,7 +133,8 @@ def _validation_summary(exc: ValidationError) -> str:
         if error["type"] == "json_invalid":
             parts.append(f"not valid JSON ({error['ctx'].get('error', 'syntax error')})")
         else:
-            parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+            message = str(error["msg"]).removeprefix("Value error, ")
+            parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 

@@ -28,7 +28,7 @@ class UserTrail:
     The events of aggregates whose id is the user id (the user aggregate), every
     notification requested for the user (all its events), and the source events
     of those notifications on other aggregates (a session's OTP challenge) with
-    the source's sent event. See the `select_user_trail` query.
+    the source's sent event. See the `select_trail` query.
     """
 
     user_id: str
@@ -108,8 +108,14 @@ def compose_select(
     params["instance_ids"] = list(q.instance_ids) if q.instance_ids is not None else None
     if isinstance(trail, UserTrail):
         params["user_id"] = trail.user_id
-        name = "select_user_trail"
+        kind = "user"
     else:
         params["notification_id"] = trail.notification_id
-        name = "select_notification_trail"
-    return query(name).format(filters=filters, limit=limit), params
+        kind = "notification"
+    statement = query("select_trail").format(
+        requests=query(f"trail_{kind}_requests"),
+        own=query(f"trail_{kind}_own"),
+        filters=filters,
+        limit=limit,
+    )
+    return statement, params

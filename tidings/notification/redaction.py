@@ -62,3 +62,20 @@ def _redacted(value: Any) -> Any:
                     items[index] = new
         return value if items is None else items
     return value
+
+
+def redacted_path(value: Any, path: str = "payload") -> str | None:
+    """Where `value` holds an `<encrypted>` placeholder (a code replay hid), or None."""
+    if value == ENCRYPTED:
+        return path
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = redacted_path(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None

@@ -53,21 +53,22 @@ WHERE instance_id = %(instance_id)s
 -- same horizon as read_ordered): no event can appear below it any more.
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16;
 
--- name: select_user_trail
--- Everything about one user, in position order (`replay --user`): the events of
--- aggregates with the user's id, every event of the notifications requested for
--- the user, and their source events on other aggregates (a session's OTP
--- challenge) with the source's sent event. {filters} and {limit} are composed
--- as for select_events; the block goes through psycopg's sql.format, hence the
--- doubled braces of the JSON paths.
+-- name: select_trail
+-- Everything about one user or one notification, in position order
+-- (`replay --user`, `replay --notification`): the trail's own events (the
+-- user's aggregates, or the notification's), every event of the notifications
+-- its requests fragment picks, and their source events on other aggregates (a
+-- session's OTP challenge) with the source's sent event. The trail_* fragments
+-- below, the filters and the limit are composed in as for select_events; the
+-- block goes through psycopg's sql.format, hence the doubled braces of the JSON
+-- paths (the fragments are inserted as they are, with single braces).
 --
--- Each lookup has its index (migration 0006): the user's own events through
--- events_aggregate_id, the requests through events_notification_user (same
--- expression, same predicate), a notification's and a source's events
--- through events_aggregate_id too. Only positions are collected, de-duplicated
--- and sorted (bigints, not payloads; past work_mem the server spills to disk),
--- then each row is fetched by events_position in that order and streams to the
--- client through a cursor.
+-- Each lookup has its index (migration 0006): own events and a notification's
+-- and a source's events through events_aggregate_id, a user's requests through
+-- events_notification_user (same expression, same predicate). Only positions
+-- are collected, de-duplicated and sorted (bigints, not payloads; past
+-- work_mem the server spills to disk), then each row is fetched by
+-- events_position in that order and streams to the client through a cursor.
 WITH requested AS MATERIALIZED (
     SELECT r.instance_id, r.aggregate_id AS notification_id,
            r.payload #>> '{{request,source,aggregate_type}}' AS source_type,
@@ -78,12 +79,10 @@ WITH requested AS MATERIALIZED (
            END AS source_sequence
     FROM tidings.events r
     WHERE r.event_type = 'notification.requested'
-      AND (r.payload #>> '{{request,user_id}}') = %(user_id)s
+      AND {requests}
       AND (%(instance_ids)s::text[] IS NULL OR r.instance_id = ANY(%(instance_ids)s::text[]))
 ), trail AS (
-    SELECT u.position
-    FROM tidings.events u
-    WHERE u.aggregate_id = %(user_id)s
+    {own}
     UNION ALL
     SELECT n.position
     FROM requested r
@@ -91,49 +90,6 @@ WITH requested AS MATERIALIZED (
       ON n.instance_id = r.instance_id
      AND n.aggregate_type = 'notification'
      AND n.aggregate_id = r.notification_id
-    UNION ALL
-    -- A source on the user's own aggregate is in the first branch already.
-    SELECT s.position
-    FROM requested r
-    JOIN tidings.events s
-      ON s.instance_id = r.instance_id
-     AND s.aggregate_type = r.source_type
-     AND s.aggregate_id = r.source_id
-     AND s.sequence >= r.source_sequence
-    WHERE r.source_id <> %(user_id)s
-      AND (s.sequence = r.source_sequence
-           OR s.payload ->> 'notification_id' = r.notification_id)
-)
-SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
-       e.payload, e.owner, e.creator, e.created_at, e.position
-FROM (SELECT DISTINCT position FROM trail ORDER BY position) t
-JOIN tidings.events e ON e.position = t.position
-WHERE {filters}
-ORDER BY t.position
-{limit};
-
--- name: select_notification_trail
--- One notification's events (in whichever instance), its source event and the
--- source aggregate's sent event for it (`replay --notification`); composed and
--- indexed like select_user_trail.
-WITH requested AS MATERIALIZED (
-    SELECT r.instance_id, r.aggregate_id AS notification_id,
-           r.payload #>> '{{request,source,aggregate_type}}' AS source_type,
-           r.payload #>> '{{request,source,aggregate_id}}' AS source_id,
-           -- A request appended by hand may be malformed: no error, no source then.
-           CASE WHEN jsonb_typeof(r.payload #> '{{request,source,sequence}}') = 'number'
-                THEN (r.payload #>> '{{request,source,sequence}}')::numeric::bigint
-           END AS source_sequence
-    FROM tidings.events r
-    WHERE r.aggregate_id = %(notification_id)s
-      AND r.aggregate_type = 'notification'
-      AND r.event_type = 'notification.requested'
-      AND (%(instance_ids)s::text[] IS NULL OR r.instance_id = ANY(%(instance_ids)s::text[]))
-), trail AS (
-    SELECT n.position
-    FROM tidings.events n
-    WHERE n.aggregate_id = %(notification_id)s
-      AND n.aggregate_type = 'notification'
     UNION ALL
     SELECT s.position
     FROM requested r
@@ -152,3 +108,21 @@ JOIN tidings.events e ON e.position = t.position
 WHERE {filters}
 ORDER BY t.position
 {limit};
+
+-- The fragments of select_trail, per trail (no comments inside: they are
+-- inserted mid-statement). A notification's own events are read directly, not
+-- through its request, so one whose request is missing still shows them.
+
+-- name: trail_user_requests
+(r.payload #>> '{request,user_id}') = %(user_id)s
+
+-- name: trail_user_own
+SELECT u.position FROM tidings.events u WHERE u.aggregate_id = %(user_id)s
+
+-- name: trail_notification_requests
+r.aggregate_id = %(notification_id)s AND r.aggregate_type = 'notification'
+
+-- name: trail_notification_own
+SELECT n.position
+FROM tidings.events n
+WHERE n.aggregate_id = %(notification_id)s AND n.aggregate_type = 'notification'
