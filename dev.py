@@ -63,6 +63,8 @@ def run_main_job() -> None:
         *tidings, "replay", "--format", "table", "--after-position", since,
         "--event-type", "notification.*", "--event-type", "*.sent",
     )  # fmt: skip
+    print("checking the whole log against the rules it must hold:", flush=True)
+    sh(*tidings, "audit", "verify")
 
 
 def run_tests() -> int:

@@ -111,6 +111,7 @@ def compose_select(
         kind = "user"
     else:
         params["notification_id"] = trail.notification_id
+        params["user_id"] = None
         kind = "notification"
     statement = query("select_trail").format(
         requests=query(f"trail_{kind}_requests"),

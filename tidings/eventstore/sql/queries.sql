@@ -61,7 +61,9 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16;
 -- session's OTP challenge) with the source's sent event. The trail_* fragments
 -- below, the filters and the limit are composed in as for select_events; the
 -- block goes through psycopg's sql.format, hence the doubled braces of the JSON
--- paths (the fragments are inserted as they are, with single braces).
+-- paths (the fragments are inserted as they are, with single braces, and hold
+-- no comments). A notification's own events are read directly, not through its
+-- request, so one whose request is missing still shows them.
 --
 -- Each lookup has its index (migration 0006): own events and a notification's
 -- and a source's events through events_aggregate_id, a user's requests through
@@ -98,8 +100,11 @@ WITH requested AS MATERIALIZED (
      AND s.aggregate_type = r.source_type
      AND s.aggregate_id = r.source_id
      AND s.sequence >= r.source_sequence
-    WHERE s.sequence = r.source_sequence
-       OR s.payload ->> 'notification_id' = r.notification_id
+    -- A user trail has every event of the user's aggregates already: looking
+    -- for each request's source there again would be quadratic for a busy user.
+    WHERE (%(user_id)s::text IS NULL OR r.source_id <> %(user_id)s)
+      AND (s.sequence = r.source_sequence
+           OR s.payload ->> 'notification_id' = r.notification_id)
 )
 SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
        e.payload, e.owner, e.creator, e.created_at, e.position
@@ -108,10 +113,6 @@ JOIN tidings.events e ON e.position = t.position
 WHERE {filters}
 ORDER BY t.position
 {limit};
-
--- The fragments of select_trail, per trail (no comments inside: they are
--- inserted mid-statement). A notification's own events are read directly, not
--- through its request, so one whose request is missing still shows them.
 
 -- name: trail_user_requests
 (r.payload #>> '{request,user_id}') = %(user_id)s
