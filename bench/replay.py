@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -49,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from eventstore import machine_details, prepare  # bench/eventstore.py (this script's folder)
 
 from tidings.config import DatabaseSettings
-from tidings.eventstore import EventQuery, NewEvent, migrate, open_database
+from tidings.eventstore import EventQuery, NewEvent, open_database
 from tidings.eventstore.filters import UserTrail, compose_select
 from tidings.notification.codes import CodeCipher
 from tidings.notification.requests import NotificationRequested, notification_id
@@ -231,37 +231,6 @@ def row(label: str, events: int, seconds: float, rss: int) -> None:
     rate = events / seconds if seconds else float("inf")
     print(f"  {label:<44} {events:>9,} {seconds:>8.2f} s {rate:>10,.0f} ev/s"
           f"  peak RSS {rss / 2**20:6.1f} MiB")  # fmt: skip
-
-
-def machine_details() -> list[tuple[str, str]]:
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return [
-        ("cpu", f"{cpu}, {os.cpu_count()} logical cores"),
-        ("memory", f"{mem / 2**30:.1f} GiB"),
-        ("python", platform.python_version()),
-    ]
-
-
-async def prepare(conninfo: str, reuse: bool) -> str:
-    """Migrate; refuse a database that holds events unless reusing. The server version."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        cur = await conn.execute("SELECT to_regclass('tidings.events') IS NOT NULL")
-        exists = await cur.fetchone()
-        if exists and exists[0] and not reuse:
-            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM tidings.events)")
-            if (found := await cur.fetchone()) and found[0]:
-                raise SystemExit("the database already holds events; pass --reuse to add to them")
-        await migrate(conn)
-        cur = await conn.execute("SHOW server_version")
-        version = await cur.fetchone()
-        return str(version[0]) if version else "unknown"
 
 
 async def fill(conninfo: str, events: int, hot: int, users: int) -> str:
