@@ -21,6 +21,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from http import HTTPStatus
 from types import TracebackType
 from typing import ClassVar
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ from tidings.config.durations import format_duration
 from tidings.errors import TidingsError
 from tidings.eventstore import Database
 from tidings.metrics import Metrics
-from tidings.projections import ProjectionStatus, Projector
+from tidings.projections import Projector
 from tidings.workers import PendingQueue
 
 log = logging.getLogger("tidings.health")
@@ -167,8 +168,9 @@ class OperationsServer:
             return self._tell(Readiness(False, [*checks, f"{failed} ({why})"]))
         if not check_lag:
             return self._tell(Readiness(True, [*checks, "projector lag: not checked"]))
-        worst = max(statuses, key=self._lag_seconds)
-        lag = timedelta(seconds=round(self._lag_seconds(worst), 3))
+        now = self._clock()
+        worst = max(statuses, key=lambda status: status.lag_seconds(now))
+        lag = timedelta(seconds=round(worst.lag_seconds(now), 3))
         events = f"{worst.lag_events} event{'' if worst.lag_events == 1 else 's'}"
         said = f"{format_duration(lag)} in projection {worst.name} ({events})"
         limit = format_duration(self._max_lag)
@@ -195,18 +197,14 @@ class OperationsServer:
                 return
             self._metrics.database_up.set(1)
             self._metrics.queue_counts(counts)
+            now = self._clock()
             for status in statuses:
                 self._metrics.projector_lag(
-                    status.name, events=status.lag_events, seconds=self._lag_seconds(status)
+                    status.name, events=status.lag_events, seconds=status.lag_seconds(now)
                 )
             if self._database_was_up is False:
                 log.info("metrics: the database answers again")
             self._database_was_up = True
-
-    def _lag_seconds(self, status: ProjectionStatus) -> float:
-        if not status.lag_events or status.oldest_unhandled is None:
-            return 0.0
-        return max((self._clock() - status.oldest_unhandled).total_seconds(), 0.0)
 
     def _tell(self, readiness: Readiness) -> Readiness:
         """Log when readiness changes, not on every probe."""
@@ -271,7 +269,7 @@ def _request_line(head: bytes) -> tuple[str, str]:
 async def _respond(
     writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, *, head_only: bool
 ) -> None:
-    reason = _REASONS.get(status, "")
+    reason = HTTPStatus(status).phrase
     headers = (
         f"HTTP/1.1 {status} {reason}\r\n"
         f"Content-Type: {content_type}\r\n"
@@ -282,16 +280,6 @@ async def _respond(
     )
     writer.write(headers.encode("latin-1") + (b"" if head_only else body))
     await writer.drain()
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 def _format_address(host: str, port: int) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,7 +133,6 @@ def make_projector(db: Database, settings: Settings, names: Iterable[str] = ()) 
 
 
 PROJECTION_NAMES = ("users", "requests", "pending")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -146,17 +145,29 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
-def metrics_addr_option(command: F) -> F:
-    """`--metrics-addr HOST:PORT`, over operations.metrics_addr."""
-    option = click.option(
-        "--metrics-addr",
-        callback=_address,
-        metavar="HOST:PORT",
-        help="Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464 "
-        "(default: operations.metrics_addr, TIDINGS_OPERATIONS_METRICS_ADDR; unset: off).",
-    )
-    decorated: F = option(command)
-    return decorated
+# `--format table|jsonl` for commands that print rows: table for people, JSON
+# lines for pipes and files.
+table_or_jsonl_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "jsonl"]),
+    help="Default: table on a terminal, jsonl otherwise.",
+)
+
+
+def wants_table(output_format: str | None, *, terminal: bool) -> bool:
+    """The --format asked for, else a table when the rows go to a terminal."""
+    return (output_format or ("table" if terminal else "jsonl")) == "table"
+
+
+# `--metrics-addr HOST:PORT`, over operations.metrics_addr.
+metrics_addr_option = click.option(
+    "--metrics-addr",
+    callback=_address,
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464 "
+    "(default: operations.metrics_addr, TIDINGS_OPERATIONS_METRICS_ADDR; unset: off).",
+)
 
 
 def metrics_address(settings: Settings, cli_value: str | None) -> tuple[str, int] | None:

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import click
 
-from tidings.cli.base import main, parse_time, run, settings_of
+from tidings.cli.base import main, parse_time, run, settings_of, table_or_jsonl_option, wants_table
 from tidings.eventstore import open_database
 from tidings.notification.messages import MESSAGE_TYPES
 from tidings.workers.listing import (
@@ -67,12 +67,7 @@ def notifications_group() -> None:
     show_default=True,
     help="Show at most this many, newest first.",
 )
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["table", "jsonl"]),
-    help="Default: table on a terminal, jsonl otherwise.",
-)
+@table_or_jsonl_option
 @click.pass_context
 def notifications_list(
     ctx: click.Context,
@@ -115,7 +110,7 @@ def notifications_list(
         requested_until=until,
         limit=limit,
     )
-    table = (output_format or ("table" if sys.stdout.isatty() else "jsonl")) == "table"
+    table = wants_table(output_format, terminal=sys.stdout.isatty())
     now = datetime.now(UTC)
 
     async def go() -> Listing:

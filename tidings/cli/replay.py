@@ -16,7 +16,16 @@ from typing import Any, TextIO
 
 import click
 
-from tidings.cli.base import fail, main, parse_time, run, settings_of, stop_on_signals
+from tidings.cli.base import (
+    fail,
+    main,
+    parse_time,
+    run,
+    settings_of,
+    stop_on_signals,
+    table_or_jsonl_option,
+    wants_table,
+)
 from tidings.eventstore import (
     Database,
     EventQuery,
@@ -75,12 +84,7 @@ from tidings.notification.redaction import redact_codes
     help="Print encrypted codes as stored (ciphertext, never plaintext), e.g. to copy a log "
     "with `events append`; by default they show as <encrypted>.",
 )
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["jsonl", "table"]),
-    help="Default: table on a terminal, jsonl otherwise.",
-)
+@table_or_jsonl_option
 @click.pass_context
 def replay_command(
     ctx: click.Context,
@@ -120,8 +124,7 @@ def replay_command(
         trail = UserTrail(user_id=user_id)
     elif notification_id is not None:
         trail = NotificationTrail(notification_id=notification_id)
-    terminal = output is None and sys.stdout.isatty()
-    table = (output_format or ("table" if terminal else "jsonl")) == "table"
+    table = wants_table(output_format, terminal=output is None and sys.stdout.isatty())
     render = row_renderer(table=table, keep_encrypted=keep_encrypted)
     settings = settings_of(ctx)
     poll = settings.projections.poll_every.total_seconds()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
@@ -13,6 +14,14 @@ _SECRET_PARAM = re.compile(
     r"(?:^|[_-])(?:password|passwd|pwd|token|secret|key|apikey|sig|signature|auth|code)(?:$|[_-])",
     re.IGNORECASE,
 )
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of each secret replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def mask_url(url: str) -> str:

@@ -44,6 +44,12 @@ class ProjectionStatus:
     oldest_unhandled: datetime | None
     failures: int
 
+    def lag_seconds(self, now: datetime) -> float:
+        """Age of the oldest event still to handle; 0 when caught up."""
+        if not self.lag_events or self.oldest_unhandled is None:
+            return 0.0
+        return max((now - self.oldest_unhandled).total_seconds(), 0.0)
+
 
 class Projector:
     """Runs projections over the log.

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -344,7 +344,7 @@ class AttemptRunner:
 
     def _log(self, decided: _Decided, outcome: Outcome, seconds: float) -> None:
         claimed, channel = decided.claimed, decided.channel
-        request = claimed.request if isinstance(claimed.request, dict) else {}
+        request = _request_fields(claimed)
         level = logging.INFO if outcome.result in ("sent", "retry") else logging.WARNING
         fields: dict[str, object] = {
             "instance_id": claimed.instance_id,
@@ -378,15 +378,18 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}"
 
 
+def _request_fields(claimed: Claimed) -> dict[str, Any]:
+    """The request as the queue holds it (a malformed one as no fields), for logs and keys."""
+    return claimed.request if isinstance(claimed.request, dict) else {}
+
+
 def _message_type(claimed: Claimed) -> str | None:
-    request = claimed.request if isinstance(claimed.request, dict) else {}
-    value = request.get("message_type")
+    value = _request_fields(claimed).get("message_type")
     return str(value) if value is not None else None
 
 
 def _user_key(claimed: Claimed) -> tuple[str, str]:
-    request = claimed.request if isinstance(claimed.request, dict) else {}
-    return claimed.instance_id, str(request.get("user_id", ""))
+    return claimed.instance_id, str(_request_fields(claimed).get("user_id", ""))
 
 
 def notification_event(claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:

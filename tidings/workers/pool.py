@@ -167,13 +167,12 @@ class WorkerPool:
         )
         if self._metrics is not None:
             for c in claimed:
-                # A request is due when requested; a retry at its due_at.
-                became_due = c.requested_at if c.kind == "request" else c.due_at
+                # due_at: a request's is its request time, a retry's when it is due.
                 # `claims` counts every claim of the notification, and each recorded
                 # attempt took one: more than attempts + 1 means a lease ran out.
                 self._metrics.picked_up(
                     c.kind,
-                    (now - became_due).total_seconds(),
+                    (now - c.due_at).total_seconds(),
                     lease_expired=c.claims > c.attempts + 1,
                 )
         return claimed

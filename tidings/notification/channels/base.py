@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tidings.config.masking import mask_secrets
 from tidings.notification.messages import Channel as ChannelKind
 
 
@@ -55,9 +56,7 @@ class OutgoingMessage:
 
     def scrub(self, text: str) -> str:
         """`text` (e.g. a provider's error quoting the request) with the code masked."""
-        for secret in self.sensitive:
-            text = text.replace(secret, "***")
-        return text
+        return mask_secrets(text, self.sensitive)
 
     def describe(self) -> str:
         """A one-line summary with no content in it, fit for logs."""

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from tidings.config.masking import mask_secrets
 from tidings.notification.errors import PermanentSendError, TransientSendError
 
 EXCERPT_CHARS = 200
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 _TRANSIENT_STATUSES = frozenset({408, 429})
-_REDACTED = "***"
 _WHITESPACE = re.compile(r"\s+")
 
 SendFailure = TransientSendError | PermanentSendError
@@ -80,7 +80,7 @@ def response_text(response: httpx.Response) -> str:
 
 def excerpt(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` on one line, secrets masked, at most EXCERPT_CHARS long."""
-    text = _WHITESPACE.sub(" ", _mask(text, secrets)).strip()
+    text = _WHITESPACE.sub(" ", mask_secrets(text, secrets)).strip()
     if len(text) > EXCERPT_CHARS:
         text = text[: EXCERPT_CHARS - 1] + "…"
     return text or "(empty body)"
@@ -141,12 +141,6 @@ def _transport_failure(
             f"TIDINGS_CHANNELS_{channel.upper()}_* and the network."
         )
     return TransientSendError(f"{channel}: POST {where} {what}. {advice}", channel=channel)
-
-
-def _mask(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, _REDACTED)
-    return text
 
 
 def _retry_advice(retry_after: float | None) -> str:
