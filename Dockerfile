@@ -35,7 +35,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 tidings \
     && useradd --system --uid 10001 --gid tidings --home-dir /home/tidings --create-home \
-        --shell /usr/sbin/nologin tidings
+        --shell /usr/sbin/nologin tidings \
+    && install -d -o tidings -g tidings /home/tidings/outbox
 COPY --from=build /opt/tidings /opt/tidings
 ENV PATH=/opt/tidings/bin:$PATH \
     PYTHONUNBUFFERED=1 \

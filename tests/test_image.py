@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.cli import clean_env, tidings
 from tests.deploy_helpers import DOCKERFILE, ROOT, dockerfile, image_env, run_tool, tool
 
@@ -84,3 +86,14 @@ def test_the_image_never_starts_an_embedded_database(tmp_path: Path) -> None:
         assert "TIDINGS_DATABASE_URL=postgresql://" in result.stderr
         assert "embedded PostgreSQL in" not in result.stderr, "nothing was started"
     assert not (tmp_path / "never").exists()
+
+
+def test_a_missing_checking_tool_fails_under_ci_and_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"pip install -e '\.\[test\]'"):
+        tool("no-such-checker", "no-such-wheel")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="comes with no-such-wheel"):
+        tool("no-such-checker", "no-such-wheel")
