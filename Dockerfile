@@ -21,8 +21,8 @@ COPY pyproject.toml README.md ./
 COPY tidings ./tidings
 # Every dependency ships wheels (psycopg's binary build among them), so no
 # compiler is needed here either; the final stage gets the virtualenv only.
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m venv /opt/tidings \
+RUN python -m venv /opt/tidings \
+    && /opt/tidings/bin/python -m pip wheel --no-deps --wheel-dir /wheels . \
     && /opt/tidings/bin/python -m pip install /wheels/tidings-*.whl
 
 # ---- the image ---------------------------------------------------------------
