@@ -132,11 +132,11 @@ def test_secrets_come_from_env_files_the_own_one_optional(resolved: dict[str, An
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert "deploy/tidings.env" in ignored
     assert (DEPLOY / "tidings.env.example").exists()
-    assert not (DEPLOY / "tidings.env").exists() or "tidings.env" not in tracked_files()
+    assert "deploy/tidings.env" not in tracked_files(), "your secrets are never committed"
 
 
-def tracked_files() -> str:
-    return run_tool("git", "ls-files", "deploy").stdout
+def tracked_files() -> list[str]:
+    return run_tool("git", "ls-files", "deploy").stdout.splitlines()
 
 
 def test_your_env_file_wins_over_the_development_values(tmp_path: Path) -> None:
