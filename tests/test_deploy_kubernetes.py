@@ -199,7 +199,12 @@ def test_tidings_accepts_the_settings_every_tree_gives_it(rendered: tuple[str, A
     )
     shown = tidings("config", "show", "--format", "json", env=env)
     assert shown.returncode == 0, (tree, shown.stderr)
-    assert json.loads(shown.stdout)["operations"]["log_format"] in ("json", "text")
+    settings = json.loads(shown.stdout)
+    assert settings["operations"]["log_format"] in ("json", "text")
+    channels = settings["channels"]
+    used = {channels["email"], channels["sms"]}
+    used |= {c for o in channels["instances"].values() for c in o.values() if c}
+    assert "filesystem" not in used, "the root filesystem is read-only: no outbox folder"
 
 
 def test_disruption_budgets_and_services_select_real_pods(rendered: tuple[str, Any]) -> None:
