@@ -477,8 +477,10 @@ async def throughput_run(
     try:
         if profile:  # time the plpgsql functions too (the append, the queue's trigger)
             await server.admin(f"ALTER DATABASE {name} SET track_functions = 'pl'")
+        fill_before = await db_counters(url)
         await fill_queue(url, events)
         db_before = await db_counters(url)
+        fill_wal = (db_before["wal_bytes"] - fill_before["wal_bytes"]) / max(len(events), 1)
         opts = {
             "url": url,
             "bulk": bulk,
@@ -495,6 +497,10 @@ async def throughput_run(
         sent, other, pending = await settled_counts(url)
         if profile:
             pg_lines = await pg_side(url, db_before, sent)
+            pg_lines.append(
+                f"    wal_bytes {fill_wal:.2f} per notification.requested appended before the"
+                f" run ({APPEND_BATCH} per transaction, the queue's trigger included)"
+            )
     finally:
         await server.drop(name)
     if sent != len(events) or other or pending:
@@ -531,10 +537,13 @@ async def db_counters(url: str) -> dict[str, int]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cur = await conn.execute(
             "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted,"
-            " tup_returned + tup_fetched FROM pg_stat_database WHERE datname = current_database()"
+            " tup_returned + tup_fetched, pg_current_wal_lsn() - '0/0'::pg_lsn"
+            " FROM pg_stat_database WHERE datname = current_database()"
         )
         row = await cur.fetchone()
-    names = ("commits", "rollbacks", "inserted", "updated", "deleted", "read")
+    # wal_bytes: the server's whole WAL (every database of the throwaway server), the
+    # figure that bounds one PostgreSQL's write rate in docs/scaling.md.
+    names = ("commits", "rollbacks", "inserted", "updated", "deleted", "read", "wal_bytes")
     return dict(zip(names, (int(v) for v in row or (0,) * len(names)), strict=True))
 
 

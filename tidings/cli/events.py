@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from datetime import timedelta
 from typing import IO, Any
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tidings.cli.base import fail, main, run, settings_of
+from tidings.config import DatabaseSettings
+from tidings.config.durations import format_duration, parse_duration
 from tidings.eventstore import (
     ConcurrencyError,
+    DatabaseUnavailable,
     NewEvent,
+    SchemaNotReady,
     current_version,
     latest_version,
     migrate,
@@ -19,12 +26,38 @@ from tidings.eventstore import (
 )
 from tidings.notification.redaction import ENCRYPTED, redacted_path
 
+log = logging.getLogger("tidings.migrate")
+
+_WAIT_POLL = 1.0  # seconds between two looks at the schema version
+
 
 @main.command("migrate")
 @click.option("--to", "target", type=int, help="Stop at this schema version (default: latest).")
+@click.option(
+    "--wait",
+    "wait_for",
+    metavar="DURATION",
+    help="Apply nothing: wait up to DURATION (e.g. 5m) until another process (a migration "
+    "Job) has brought the schema to this version. For an init container.",
+)
 @click.pass_context
-def migrate_command(ctx: click.Context, target: int | None) -> None:
-    """Create or upgrade the database schema. Safe to run again."""
+def migrate_command(ctx: click.Context, target: int | None, wait_for: str | None) -> None:
+    """Create or upgrade the database schema. Safe to run again.
+
+    \b
+    In Kubernetes the migration Job runs `tidings migrate`, and every pod's init
+    container `tidings migrate --wait 10m`, so no worker starts on an old schema.
+    """
+    if wait_for is not None:
+        try:
+            timeout = parse_duration(wait_for)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--wait") from exc
+        if target is not None:
+            raise click.UsageError("--wait migrates nothing, so it takes no --to")
+        version = run(wait_for_schema(settings_of(ctx).database, timeout))
+        click.echo(f"schema at version {version}, as this tidings needs")
+        return
 
     async def go() -> None:
         async with (
@@ -42,6 +75,35 @@ def migrate_command(ctx: click.Context, target: int | None) -> None:
             click.echo(f"note: the latest version is {latest_version()}", err=True)
 
     run(go())
+
+
+async def wait_for_schema(settings: DatabaseSettings, timeout: timedelta) -> int:
+    """Poll until the schema is at this tidings' version; the version, or a TidingsError."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout.total_seconds()
+    expected = latest_version()
+    while True:
+        try:
+            async with (
+                open_database(settings, require_schema=False) as db,
+                db.pool.connection() as conn,
+            ):
+                version = await current_version(conn)
+            state = f"the schema is at version {version}, this tidings needs {expected}"
+        except DatabaseUnavailable as exc:
+            version, state = None, str(exc)
+        if version is not None and version >= expected:
+            return version
+        if loop.time() >= deadline:
+            raise SchemaNotReady(
+                f"gave up waiting after {format_duration(timeout)}: {state}; check that the "
+                "migration Job (`tidings migrate`) ran and succeeded: "
+                "kubectl logs job/tidings-migrate",
+                current_version=version,
+                expected_version=expected,
+            )
+        log.info("waiting for the migration: %s", state)
+        await asyncio.sleep(_WAIT_POLL)
 
 
 @main.group("events")

@@ -48,6 +48,7 @@ class _Section(BaseModel):
 class DatabaseSettings(_Section):
     url: SecretStr | None = None
     data_dir: Path | None = None
+    allow_embedded: bool = True
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))

@@ -15,7 +15,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from tidings.config import DatabaseSettings
 from tidings.config.masking import mask_url
 from tidings.eventstore.embedded import start_embedded
-from tidings.eventstore.errors import DatabaseUnavailable, translated_errors
+from tidings.eventstore.errors import (
+    DatabaseUnavailable,
+    EmbeddedDatabaseRefused,
+    translated_errors,
+)
 from tidings.eventstore.migrate import require_current_schema
 from tidings.eventstore.store import EventStore
 
@@ -44,6 +48,16 @@ async def resolve_conninfo(settings: DatabaseSettings) -> str:
     """database.url when set; otherwise start the embedded server and use it."""
     if settings.url is not None:
         return settings.url.get_secret_value()
+    if not settings.allow_embedded:
+        # The container image says so (TIDINGS_DATABASE_ALLOW_EMBEDDED=false): a
+        # pgserver started in a pod would keep every event in the pod's own disk,
+        # lost at its next restart, and each replica would have a log of its own.
+        raise EmbeddedDatabaseRefused(
+            "no database.url is set, and this tidings runs where the embedded PostgreSQL "
+            "is not allowed (database.allow_embedded is false, as in the tidings container "
+            "image): set TIDINGS_DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
+            "to your PostgreSQL, e.g. from a Kubernetes Secret or the compose env file"
+        )
     data_dir = settings.embedded_data_dir()
     return await asyncio.to_thread(start_embedded, data_dir)
 

@@ -67,6 +67,10 @@ class EmbeddedDatabaseError(EventStoreError):
     fields: ClassVar[tuple[str, ...]] = ("data_dir",)
 
 
+class EmbeddedDatabaseRefused(EventStoreError):
+    """No database.url is set and the embedded PostgreSQL is not allowed here (a container)."""
+
+
 # Our own SQLSTATEs, raised by tidings.append_events().
 _CONFLICT = "TD001"
 _TOO_LARGE = "TD002"
