@@ -86,6 +86,7 @@ class NotificationSettings(_Section):
     max_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=20))
     retry_delay_factor: float = Field(default=1.5, ge=0)
     notify_on_password_change: bool = False
+    shutdown_grace: Duration = Field(default_factory=lambda: timedelta(seconds=25))
 
     @model_validator(mode="after")
     def _retry_delays_agree(self) -> NotificationSettings:

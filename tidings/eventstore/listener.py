@@ -29,7 +29,7 @@ async def wakeups(
     timeout: float,
     channel: str = EVENTS_CHANNEL,
     reconnect_delays: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0),
-    who: str = "a",
+    who: str = "",
 ) -> AsyncGenerator[WakeUp | None]:
     """Yield a WakeUp per committed append, or None after `timeout` seconds of quiet.
 
@@ -39,7 +39,7 @@ async def wakeups(
     """
     failures = 0
     outage = Outage(
-        f"{who} wake-up listener",
+        f"{who} wake-up listener".strip(),
         retried="reconnecting; meanwhile it polls as without wake-ups",
         logger=log,
         fields={"listener": who},
