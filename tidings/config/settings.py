@@ -98,6 +98,14 @@ class NotificationSettings(_Section):
         return self
 
 
+class EventSettings(_Section):
+    """What an appended event may hold (checked before it reaches the store)."""
+
+    max_id_length: int = Field(default=200, ge=1, le=255)
+    max_type_length: int = Field(default=200, ge=1, le=255)
+    max_payload_bytes: int = Field(default=65536, ge=1024, le=1048576)
+
+
 class ProjectionSettings(_Section):
     batch_size: int = Field(default=500, ge=1)
     poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
@@ -251,6 +259,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
