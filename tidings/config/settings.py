@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tidings.config.durations import DURATION_HELP, Duration, format_duration
+from tidings.config.durations import DURATION_HELP, Duration, format_duration, within
 from tidings.config.masking import mask_url, url_secrets
 from tidings.errors import ConfigError
 
@@ -48,9 +48,11 @@ class _Section(BaseModel):
 class DatabaseSettings(_Section):
     url: SecretStr | None = None
     data_dir: Path | None = None
-    pool_min_size: int = Field(default=1, ge=1)
-    pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    pool_min_size: int = Field(default=1, ge=1, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+    connect_timeout: Annotated[Duration, within("100ms", "5m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
     @model_validator(mode="after")
     def _pool_sizes_agree(self) -> DatabaseSettings:
@@ -73,20 +75,36 @@ class DatabaseSettings(_Section):
 
 
 class NotificationSettings(_Section):
-    workers: int = Field(default=1, ge=0)
-    bulk_limit: int = Field(default=10, ge=1)
-    requeue_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
-    retry_workers: int = Field(default=1, ge=0)
-    retry_requeue_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
-    handle_active_instances: Duration = Field(default_factory=lambda: timedelta(seconds=0))
-    transaction_duration: Duration = Field(default_factory=lambda: timedelta(seconds=60))
-    max_attempts: int = Field(default=3, ge=1)
-    max_ttl: Duration = Field(default_factory=lambda: timedelta(seconds=300))
-    min_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=1))
-    max_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=20))
-    retry_delay_factor: float = Field(default=1.5, ge=0)
+    workers: int = Field(default=1, ge=0, le=1000)
+    bulk_limit: int = Field(default=10, ge=1, le=10000)
+    requeue_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+    retry_workers: int = Field(default=1, ge=0, le=1000)
+    retry_requeue_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+    handle_active_instances: Annotated[Duration, within("0s", "30d")] = Field(
+        default_factory=lambda: timedelta(seconds=0)
+    )
+    transaction_duration: Annotated[Duration, within("1s", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=60)
+    )
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_ttl: Annotated[Duration, within("1s", "30d")] = Field(
+        default_factory=lambda: timedelta(seconds=300)
+    )
+    min_retry_delay: Annotated[Duration, within("10ms", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
+    max_retry_delay: Annotated[Duration, within("10ms", "7d")] = Field(
+        default_factory=lambda: timedelta(seconds=20)
+    )
+    retry_delay_factor: float = Field(default=1.5, ge=0, le=100)
     notify_on_password_change: bool = False
-    shutdown_grace: Duration = Field(default_factory=lambda: timedelta(seconds=25))
+    shutdown_grace: Annotated[Duration, within("1s", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=25)
+    )
 
     @model_validator(mode="after")
     def _retry_delays_agree(self) -> NotificationSettings:
@@ -107,9 +125,13 @@ class EventSettings(_Section):
 
 
 class ProjectionSettings(_Section):
-    batch_size: int = Field(default=500, ge=1)
-    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
-    leader_retry_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
+    batch_size: int = Field(default=500, ge=1, le=100000)
+    poll_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
+    leader_retry_every: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
 
 
 EmailChannelName = Literal["filesystem", "log", "smtp", "webhook"]
@@ -138,7 +160,9 @@ class SMTPChannelSettings(_Section):
     from_address: str = "tidings@localhost"
     from_name: str = ""
     reply_to: str | None = None
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
     ca_file: Path | None = None
 
 
@@ -149,13 +173,17 @@ class TwilioChannelSettings(_Section):
     messaging_service_sid: str = ""
     base_url: str = "https://api.twilio.com"
     permanent_error_codes: tuple[int, ...] = (60203, 60410)
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
 
 class WebhookChannelSettings(_Section):
     url: str = ""
     signing_secret: SecretStr | None = None
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
 
 class ChannelSettings(_Section):
@@ -243,7 +271,9 @@ Address = Annotated[str | None, AfterValidator(_check_address)]
 
 class OperationsSettings(_Section):
     metrics_addr: Address = None
-    ready_max_projector_lag: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    ready_max_projector_lag: Annotated[Duration, within("0s", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=30)
+    )
     log_format: Literal["text", "json"] = "text"
 
     def metrics_address(self) -> tuple[str, int] | None:
@@ -264,6 +294,29 @@ class Settings(BaseSettings):
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
+
+    @model_validator(mode="after")
+    def _lease_covers_send_and_record(self) -> Settings:
+        # An attempt's send is cut off at half the lease, and the outcome is
+        # recorded in the other half: a channel whose own timeout runs longer
+        # than half the lease would be cut off before it can say why, and a
+        # lease shorter than a send invites a second worker to send again.
+        lease = self.notifications.transaction_duration
+        timeouts = {
+            "channels.smtp.timeout": self.channels.smtp.timeout,
+            "channels.twilio.timeout": self.channels.twilio.timeout,
+            "channels.webhook.timeout": self.channels.webhook.timeout,
+        }
+        name, longest = max(timeouts.items(), key=lambda item: item[1])
+        if lease < 2 * longest:
+            raise ValueError(
+                f"notifications.transaction_duration ({format_duration(lease)}) must be at "
+                f"least twice the longest channel timeout ({name}, {format_duration(longest)}): "
+                "a send takes up to its channel's timeout within the first half of the lease, "
+                "the second half is left to record the outcome; raise transaction_duration or "
+                "lower the timeout"
+            )
+        return self
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain values, with every secret masked."""
@@ -463,10 +516,12 @@ def _describe(error: Any) -> str:
         where = f"section {section}" if section else "the top level"
         return f"unknown setting {key} (env {env}) = {value!r}: {where} allows {', '.join(allowed)}"
     message = str(error["msg"])
-    if "duration" in message or DURATION_HELP in message:
+    if message.startswith("Input should be a valid duration") or DURATION_HELP in message:
         message = f"expected {DURATION_HELP}"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    if not key:  # a rule across sections
+        return f"invalid settings: {message}"
     if isinstance(value, dict):  # a rule across keys of one section
         return f"invalid settings in section {key}: {message}"
     return f"invalid setting {key} (env {env}) = {value!r}: {message}"
