@@ -176,6 +176,15 @@ class OperationsServer:
         limit = format_duration(self._max_lag)
         if lag > self._max_lag:
             line = f"projector lag: {said} exceeds {limit}, the {LAG_SETTING}"
+            stuck = [status for status in statuses if status.unreachable]
+            if stuck:
+                count = sum(status.unreachable for status in stuck)
+                line += (
+                    f"; it cannot clear: {count} "
+                    f"{'event lies' if count == 1 else 'events lie'} beyond "
+                    "any position the store hands out (written by hand?) and the projector "
+                    "cannot reach them: run `tidings audit verify` (rule position-reachable)"
+                )
             return self._tell(Readiness(False, [*checks, line]))
         return self._tell(Readiness(True, [*checks, f"projector lag: {said}, within {limit}"]))
 

@@ -36,6 +36,7 @@ class ProjectionStatus:
     lag_events: int
     oldest_unhandled: datetime | None
     failures: int
+    unreachable: int = 0  # of lag_events: beyond any position handed out, never read
 
     def lag_seconds(self, now: datetime) -> float:
         """Age of the oldest event still to handle; 0 when caught up."""
@@ -304,6 +305,7 @@ class Projector:
                         lag_events=int(lag[0]) if lag else 0,
                         oldest_unhandled=lag[1] if lag else None,
                         failures=int(failures[0]) if failures else 0,
+                        unreachable=int(lag[2]) if lag else 0,
                     )
                 )
         return out
