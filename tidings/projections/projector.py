@@ -69,6 +69,7 @@ class Projector:
         self._settings = settings
         self._types = sorted(set().union(*(p.event_types for p in projections)))
         self._checkpoints_exist = False
+        self._skipped: list[tuple[Projection, StoredEvent, str]] = []
         self._outage = Outage(
             "projector",
             retried="reading the log is retried without advancing; nothing is lost",
@@ -84,13 +85,27 @@ class Projector:
 
         With `conn`, runs inside the caller's transaction (used by rebuilds).
         """
+        # A failure is told only once its batch committed: a batch rolled back
+        # (an outage, another projector that moved on first) skipped nothing.
+        self._skipped = []
         if conn is not None:
-            return await self._step(conn)
-        try:
-            async with self._db.pool.connection() as own, own.transaction():
-                return await self._step(own)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+            covered = await self._step(conn)
+        else:
+            try:
+                async with self._db.pool.connection() as own, own.transaction():
+                    covered = await self._step(own)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+        for projection, event, error in self._skipped:
+            log.warning(
+                "projection %s skipped %s at position %s (%s %s/%s seq %s): %s; recorded as a "
+                "failure (`tidings projections status`), the projector goes on",
+                projection.name, event.event_type, event.position, event.instance_id,
+                event.aggregate_type, event.aggregate_id, event.sequence, error,
+                extra={**_event_fields(projection, event), "error": error},
+            )  # fmt: skip
+        self._skipped = []
+        return covered
 
     async def _step(self, conn: Connection) -> int:
         if not self._checkpoints_exist:
@@ -150,7 +165,9 @@ class Projector:
         except (psycopg.Error, EventStoreError) as exc:
             # Only an outage stops the batch (to be retried); anything the
             # database refuses about this event's data (too long for an index,
-            # invalid text, a broken constraint) is this event's failure.
+            # invalid text, a broken constraint) is this event's failure. A
+            # conflict is one too, unless another projector handled the event
+            # first: then the checkpoint moved, and the whole batch rolls back.
             error = translate(exc)
             if isinstance(error, DatabaseUnavailable):
                 raise error from exc
@@ -165,12 +182,7 @@ class Projector:
     async def _record_failure(
         self, projection: Projection, event: StoredEvent, error: str, conn: Connection
     ) -> None:
-        log.warning(
-            "projection %s skipped %s at position %s (%s %s/%s seq %s): %s",
-            projection.name, event.event_type, event.position, event.instance_id,
-            event.aggregate_type, event.aggregate_id, event.sequence, error,
-            extra={**_event_fields(projection, event), "error": error},
-        )  # fmt: skip
+        self._skipped.append((projection, event, error))
         await conn.execute(
             query("failure_record"),
             {
