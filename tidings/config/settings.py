@@ -237,6 +237,24 @@ class TemplateSettings(_Section):
     dir: Path | None = None
     fallback_language: str = "en"
     product_name: str = "tidings"
+    allowed_url_schemes: tuple[str, ...] = ("https", "http")
+    max_field_bytes: int = Field(default=65536, ge=1024, le=16777216)
+    max_message_bytes: int = Field(default=1048576, ge=4096, le=67108864)
+    render_timeout: Annotated[Duration, within("10ms", "1m")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+
+    @model_validator(mode="after")
+    def _schemes_are_schemes(self) -> TemplateSettings:
+        bad = [
+            s for s in self.allowed_url_schemes if s.lower() in ("javascript", "data", "vbscript")
+        ]
+        if bad or not self.allowed_url_schemes:
+            raise ValueError(
+                "allowed_url_schemes must name link schemes such as https and http, never "
+                "javascript, data or vbscript"
+            )
+        return self
 
 
 def parse_address(value: str) -> tuple[str, int]:
