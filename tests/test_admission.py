@@ -129,6 +129,7 @@ def test_events_append_takes_only_producer_events_unless_allowed(env: dict[str, 
         line(aggregate_type="notification", event_type="user.removed", payload={}): (
             "aggregate_type notification does not fit event_type user.removed"
         ),
+        line(instance_id="../outside"): "instance_id '../outside' is not an instance id",
     }
     for stdin, message in cases.items():
         result = tidings("events", "append", "-", env=env, stdin=stdin)

@@ -8,6 +8,7 @@ file (or field) and line, so the message is canceled, never sent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,16 +24,16 @@ from tidings.notification.errors import PermanentSendError, RenderError
 from tidings.notification.setup import build_composer
 
 
-def composer(override_dir: Path | None = None, **templates: object) -> MessageComposer:
+def composer(override_dir: Path | None = None, **templates: Any) -> MessageComposer:
     key = generate_key()
     settings = Settings(
         crypto=CryptoSettings(keys={"k1": key}, active_key="k1"),
-        templates=TemplateSettings(dir=override_dir, **templates),  # type: ignore[arg-type]
+        templates=TemplateSettings(dir=override_dir, **templates),
     )
     return build_composer(settings)
 
 
-def compose(c: MessageComposer, instance_id: str = "acme", **request: object) -> object:
+def compose(c: MessageComposer, instance_id: str = "acme", **request: Any) -> object:
     return c.compose(
         notification_id="n-1",
         instance_id=instance_id,

@@ -16,6 +16,9 @@ on what a producer sends, so both refuse the same events with the same words:
   10,000-character user id is one), so it is refused at the door, naming the
   field and the limit.
 - **Text PostgreSQL can store**: no NUL character (`\\u0000`) in any string.
+- **An instance id is a name**, never a path: letters, digits and `. _ -`
+  (not first), at most 200 characters (it names the instance's folder of
+  template overrides).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 from tidings.config import EventSettings
 from tidings.errors import TidingsError
 from tidings.eventstore.models import NewEvent
+from tidings.notification.rendering import INSTANCE_ID
 from tidings.notification.sources import MESSAGE_SOURCES
 
 PRODUCER_AGGREGATES = ("user", "session")
@@ -76,6 +80,12 @@ def producer_event_problem(
                 f"{field} holds a NUL character (\\u0000), which PostgreSQL cannot store as text",
                 field=field,
             )
+    if not INSTANCE_ID.fullmatch(event.instance_id):
+        return EventRefused(
+            f"instance_id {event.instance_id[:80]!r} is not an instance id: letters, digits "
+            "and . _ - (not first), at most 200 characters",
+            field="instance_id",
+        )
     for field in ("aggregate_type", "event_type"):
         refused = _over(field, getattr(event, field), limits.max_type_length, "max_type_length")
         if refused is not None:
