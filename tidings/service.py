@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from tidings.clock import Clock, utc_now
 from tidings.config import Settings
@@ -144,7 +146,9 @@ class Service:
                 self.pool.run(stop=stop, workers=workers, retry_workers=retry_workers)
             )
             if projector:
-                group.create_task(self.projector.run(stop=stop, leader=self.leader()))
+                group.create_task(
+                    _stopped_promptly(self.projector.run(stop=stop, leader=self.leader()), stop)
+                )
 
     async def _run_until_idle(
         self, stop: asyncio.Event, workers: int, retry_workers: int, projector: bool
@@ -166,3 +170,29 @@ class Service:
 
     async def close(self) -> None:
         await self.channels.close()
+
+
+async def _stopped_promptly(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run `work`; once `stop` is set, give it a second, then cancel it.
+
+    For the projector: a batch is one transaction, so canceling it mid-way
+    rolls it back and loses nothing, and a database that hangs (a lock, a
+    partition) cannot hold the shutdown for the whole grace period.
+    """
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                log.info("projector stopped mid-batch: the batch was rolled back, nothing lost")
+                return
+        task.result()
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()

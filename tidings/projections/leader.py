@@ -97,8 +97,9 @@ class LeaderLock:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(psycopg.Error, TimeoutError):
             if not conn.closed:
-                await conn.execute(query("leader_unlock"))
+                async with asyncio.timeout(2):  # closing the connection frees it anyway
+                    await conn.execute(query("leader_unlock"))
         with contextlib.suppress(psycopg.Error):
             await conn.close()
