@@ -773,7 +773,7 @@ def test_every_rule_says_what_to_do() -> None:
     assert set(RULES) == {
         "starts-with-requested", "settled-once", "attempts", "sequence-gap", "source-exists",
         "source-sent", "pending-queue", "users-read-model", "unreadable-payload",
-        "unknown-event-type",
+        "unknown-event-type", "position-reachable",
     }  # fmt: skip
     for rule in RULES.values():
         assert rule.holds and rule.advice
