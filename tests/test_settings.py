@@ -296,17 +296,28 @@ def test_every_count_and_duration_has_bounds_written_in_defaults_yaml() -> None:
             "TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION",
             "15s",
             "notifications.transaction_duration (15s) must be at least twice the longest "
-            "channel timeout (channels.smtp.timeout, 10s)",
+            "timeout of a channel in use (channels.webhook.timeout, 10s)",
         ),
     ],
 )
 def test_settings_that_break_the_guarantees_are_refused_by_the_cli(
     variable: str, value: str, message: str
 ) -> None:
-    result = tidings("config", "show", env=cli_env(**{variable: value}))
+    env = cli_env(**{variable: value, "TIDINGS_CHANNELS_EMAIL": "webhook"})
+    result = tidings("config", "show", env=env)
     assert result.returncode == 2, result.stdout
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_only_the_channels_in_use_bound_the_lease() -> None:
+    """filesystem sends need no lease margin; an instance's smtp does."""
+    short = {"TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION": "4s"}
+    assert tidings("config", "show", env=cli_env(**short)).returncode == 0
+    acme_smtp = cli_env(**short, TIDINGS_CHANNELS_INSTANCES='{"acme": {"email": "smtp"}}')
+    refused = tidings("config", "show", env=acme_smtp)
+    assert refused.returncode == 2
+    assert "(channels.smtp.timeout, 10s)" in refused.stderr
 
 
 def test_a_lease_twice_the_channel_timeouts_is_taken() -> None:

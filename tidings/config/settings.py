@@ -320,16 +320,23 @@ class Settings(BaseSettings):
         # than half the lease would be cut off before it can say why, and a
         # lease shorter than a send invites a second worker to send again.
         lease = self.notifications.transaction_duration
+        channels = self.channels
+        used = {channels.email, channels.sms}
+        for choice in channels.instances.values():
+            used |= {name for name in (choice.email, choice.sms) if name}
         timeouts = {
-            "channels.smtp.timeout": self.channels.smtp.timeout,
-            "channels.twilio.timeout": self.channels.twilio.timeout,
-            "channels.webhook.timeout": self.channels.webhook.timeout,
+            f"channels.{name}.timeout": getattr(channels, name).timeout
+            for name in ("smtp", "twilio", "webhook")
+            if name in used
         }
+        if not timeouts:  # filesystem and log only: they do not wait on anyone
+            return self
         name, longest = max(timeouts.items(), key=lambda item: item[1])
         if lease < 2 * longest:
             raise ValueError(
                 f"notifications.transaction_duration ({format_duration(lease)}) must be at "
-                f"least twice the longest channel timeout ({name}, {format_duration(longest)}): "
+                f"least twice the longest timeout of a channel in use ({name}, "
+                f"{format_duration(longest)}): "
                 "a send takes up to its channel's timeout within the first half of the lease, "
                 "the second half is left to record the outcome; raise transaction_duration or "
                 "lower the timeout"
