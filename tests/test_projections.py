@@ -422,3 +422,36 @@ async def _waits_on_a_lock(db: Database) -> bool:
         )
         row = await cur.fetchone()
     return bool(row and row[0])
+
+
+class AppendsAlreadyThere:
+    """Appends what another writer appended first, as two projectors racing on one request do."""
+
+    name = "racing"
+    event_types = frozenset({"user.human.added"})
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None:
+        taken = user_added("user-taken").model_copy(update={"expected_sequence": 0})
+        await self._db.store.append([taken], conn=conn)
+
+    async def reset(self, conn: Connection) -> None:
+        pass
+
+
+async def test_a_conflicting_append_in_a_projection_is_a_failure_not_an_error(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.projections")
+    await db.store.append([user_added("user-taken")])
+    await db.store.append([user_added()])
+    projector = make_projector(db, extra=[AppendsAlreadyThere(db)])
+    await projector.catch_up()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert "projection racing skipped user.human.added" in caplog.text
+    assert "recorded as a failure" in caplog.text
+    racing = next(s for s in await projector.status() if s.name == "racing")
+    assert racing.failures == 2 and racing.lag_events == 0
