@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from tests.cli import clean_env, tidings
 from tests.http_peer import HttpPeer, Reply, serve_http
 from tests.projection_helpers import code_event, make_projector, session_event, user_event
+from tests.test_health import make_server
 from tests.worker_helpers import CRYPTO, FixedClock, lowest, user_added, worker_settings
 from tidings.audit import RULES, AuditReport, LogAuditor, Violation
 from tidings.audit.users_copy import UsersCopy
@@ -771,9 +773,50 @@ def test_every_rule_says_what_to_do() -> None:
     assert set(RULES) == {
         "starts-with-requested", "settled-once", "attempts", "sequence-gap", "source-exists",
         "source-sent", "pending-queue", "users-read-model", "unreadable-payload",
-        "unknown-event-type",
+        "unknown-event-type", "position-reachable",
     }  # fmt: skip
     for rule in RULES.values():
         assert rule.holds and rule.advice
     with pytest.raises(ValueError, match="unknown audit rule"):
         Violation("no-such-rule", "acme", "user", "u", 1, None, "x")
+
+
+async def test_an_event_beyond_any_position_handed_out_is_reported_and_explains_readiness(
+    db: Database, log: Log, conninfo: str
+) -> None:
+    """A row written by hand at a future position: the projector can never reach it."""
+    await make_projector(db).catch_up()
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        cur = await conn.execute("SELECT pg_current_xact_id()::text::bigint")
+        row = await cur.fetchone()
+        assert row is not None
+        far = (int(row[0]) + 1_000_000) << 16
+        await conn.execute(
+            "INSERT INTO tidings.events (instance_id, aggregate_type, aggregate_id, sequence,"
+            " event_type, payload, created_at, position)"
+            " VALUES ('acme', 'user', 'user-by-hand', 1, 'user.human.added',"
+            " '{\"username\": \"hand\"}', now() - interval '1 minute', %s)",
+            (far,),
+        )
+    await make_projector(db).catch_up()
+
+    report = await verify(db, log)
+    violation = only(report, "position-reachable")
+    assert (violation.aggregate, violation.sequence, violation.position) == (
+        "user/user-by-hand", 1, far,
+    )  # fmt: skip
+    assert "the projector cannot reach it" in violation.detail
+
+    env = clean_env(TIDINGS_DATABASE_URL=conninfo)
+    result = tidings("audit", "verify", env=env)
+    assert result.returncode != 0
+    assert "position-reachable" in result.stdout
+    assert "delete the row and append the event again" in result.stdout + result.stderr
+
+    async with make_server(db, ready_max_projector_lag=timedelta(milliseconds=100)) as server:
+        async with httpx.AsyncClient(timeout=10) as client:
+            ready = await client.get(f"http://127.0.0.1:{server.address[1]}/readyz")
+    assert ready.status_code == 503
+    assert "exceeds 100ms" in ready.text
+    assert "it cannot clear: 1 event lies beyond any position the store hands out" in ready.text
+    assert "tidings audit verify" in ready.text

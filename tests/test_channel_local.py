@@ -143,6 +143,27 @@ def test_codes_encrypt_reads_stdin_and_round_trips() -> None:
     assert len(generated) == 44
 
 
+def test_codes_encrypt_never_shifts_lines() -> None:
+    """Three codes in, three out, in order; a blank line is refused, never skipped."""
+    key = generate_key()
+    env = clean_env(TIDINGS_CRYPTO_KEYS=f"k1={key}", TIDINGS_CRYPTO_ACTIVE_KEY="k1")
+    cipher = CodeCipher.from_settings(CryptoSettings(keys={"k1": key}, active_key="k1"))
+    result = tidings("codes", "encrypt", env=env, stdin="111111\n\n333333\n")
+    assert result.returncode == 1
+    assert "error: stdin line 2: blank; every line must hold a code" in result.stderr
+    assert "nothing was encrypted" in result.stderr
+    assert result.stdout == "", "no output a script could pair with the wrong input"
+    assert "111111" not in result.stderr and "333333" not in result.stderr
+
+    bad = tidings("codes", "encrypt", env=env, stdin="111111\n  \n")
+    assert bad.returncode == 1 and "stdin line 2: blank" in bad.stderr
+
+    three = tidings("codes", "encrypt", env=env, stdin="111111\r\n222222\n333333")
+    assert three.returncode == 0, three.stderr
+    values = [json.loads(line) for line in three.stdout.splitlines()]
+    assert [cipher.decrypt(v) for v in values] == ["111111", "222222", "333333"]
+
+
 def test_config_show_masks_channel_secrets() -> None:
     env = clean_env(
         TIDINGS_CHANNELS_SMTP_PASSWORD="smtp-pass-9",

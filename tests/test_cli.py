@@ -134,7 +134,8 @@ def test_replay_filters_and_formats(env: dict[str, str]) -> None:
             line(aggregate_type="notification", aggregate_id="n1", event_type="notification.sent"),
         ]
     )
-    assert tidings("events", "append", "-", env=env, stdin=stdin).returncode == 0
+    appended = tidings("events", "append", "--allow-internal", "-", env=env, stdin=stdin)
+    assert appended.returncode == 0, appended.stderr
 
     everything = replayed(env)
     assert len(everything) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -230,3 +231,42 @@ async def test_a_port_in_use_fails_at_start(db: Database) -> None:
     assert caught.value.address == f"127.0.0.1:{port}"
     assert caught.value.setting == "operations.metrics_addr"
     assert f"cannot serve metrics and probes on 127.0.0.1:{port}" in str(caught.value)
+
+
+async def test_a_shutdown_during_a_probe_ends_it_quietly(
+    db: Database, conninfo: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A /readyz waiting on the database when the process stops: closed, no traceback."""
+    caplog.set_level(logging.DEBUG)
+    server = make_server(db, check_timeout=30.0)
+    await server.start()
+    base = f"http://127.0.0.1:{server.address[1]}"
+    async with await psycopg.AsyncConnection.connect(conninfo) as locker:
+        await locker.execute("LOCK TABLE tidings.events IN ACCESS EXCLUSIVE MODE")
+        async with httpx.AsyncClient(timeout=20) as client:
+            probe = asyncio.create_task(client.get(base + "/readyz"))
+
+            async def waiting() -> bool:
+                async with await psycopg.AsyncConnection.connect(conninfo) as watcher:
+                    cur = await watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                    row = await cur.fetchone()
+                return bool(row and row[0])
+
+            for _ in range(200):
+                if await waiting():
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the probe never reached the database")
+            started = asyncio.get_running_loop().time()
+            await server.close()
+            with pytest.raises(httpx.HTTPError):
+                await asyncio.wait_for(probe, 5)
+            took = asyncio.get_running_loop().time() - started
+        await locker.rollback()
+    assert took < 3, f"the probe held the shutdown for {took:.1f}s"
+    noisy = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert noisy == [], [r.getMessage() for r in noisy]

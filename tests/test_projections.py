@@ -294,7 +294,7 @@ async def test_a_lost_database_is_retried_without_advancing(
     flaky = DropConnectionOnce()
     await make_projector(db, extra=[flaky]).catch_up()
     assert flaky.dropped
-    assert "retrying" in caplog.text and "without advancing" in caplog.text
+    assert "unreachable since" in caplog.text and "retried without advancing" in caplog.text
     assert len(await requests_of(db)) == 1
 
 
@@ -383,3 +383,75 @@ async def test_projector_wakes_on_append(db: Database) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
+
+
+async def test_two_projectors_overlapping_lose_nothing_and_log_no_error(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A standby took over while the old leader's batch was still open: no ERROR, no skip."""
+    caplog.set_level(logging.INFO, logger="tidings.projections")
+    await db.store.append([user_added(), code_event("user.human.password.code.added")])
+    old, new = make_projector(db), make_projector(db)
+    await new.status()  # its checkpoints exist: it starts at once when its turn comes
+    async with db.pool.connection() as conn:
+        async with conn.transaction():
+            assert await old.step(conn=conn) == 2
+            # The new leader reads the same batch and waits on the old one's rows.
+            overlapping = asyncio.create_task(new.catch_up())
+            await asyncio.sleep(0)  # let it start before the old batch commits
+            for _ in range(100):
+                if await _waits_on_a_lock(db):
+                    break
+                await asyncio.sleep(0.02)
+        assert await overlapping == 0, "the old leader's batch covered everything"
+    assert len(await requests_of(db)) == 1, "one request, nothing doubled"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert "skipped" not in caplog.text, "a batch rolled back skipped nothing"
+    assert "another projector moved the checkpoint" in caplog.text
+    assert "nothing lost" in caplog.text
+    statuses = await new.status()
+    assert [s.failures for s in statuses] == [0] * len(statuses)
+
+
+async def _waits_on_a_lock(db: Database) -> bool:
+    async with db.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+class AppendsAlreadyThere:
+    """Appends what another writer appended first, as two projectors racing on one request do."""
+
+    name = "racing"
+    event_types = frozenset({"user.human.added"})
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def handle(self, event: StoredEvent, conn: Connection) -> None:
+        taken = user_added("user-taken").model_copy(update={"expected_sequence": 0})
+        await self._db.store.append([taken], conn=conn)
+
+    async def reset(self, conn: Connection) -> None:
+        pass
+
+
+async def test_a_conflicting_append_in_a_projection_is_a_failure_not_an_error(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.projections")
+    await db.store.append([user_added("user-taken")])
+    await db.store.append([user_added()])
+    projector = make_projector(db, extra=[AppendsAlreadyThere(db)])
+    await projector.catch_up()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert "projection racing skipped user.human.added" in caplog.text
+    assert "recorded as a failure" in caplog.text
+    racing = next(s for s in await projector.status() if s.name == "racing")
+    assert racing.failures == 2 and racing.lag_events == 0

@@ -319,7 +319,7 @@ def test_a_redacted_replay_cannot_be_appended_as_a_copy(
     assert "--keep-encrypted" in refused.stderr and "nothing was appended" in refused.stderr
 
     kept = tidings("replay", "--format", "jsonl", "--keep-encrypted", env=env).stdout
-    copied = tidings("events", "append", "-", env=copy_env, stdin=kept)
+    copied = tidings("events", "append", "--allow-internal", "-", env=copy_env, stdin=kept)
     assert copied.returncode == 0, copied.stderr
     assert len(replayed(copy_env)) == len(kept.splitlines())
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
+from tests.cli import clean_env as cli_clean_env
+from tests.cli import tidings
 from tidings.config import NotificationSettings, Settings, load_settings
-from tidings.config.durations import format_duration, parse_duration
+from tidings.config.durations import Within, format_duration, parse_duration
 from tidings.config.settings import read_defaults
 from tidings.errors import ConfigError
 
@@ -224,3 +228,108 @@ def test_keys_that_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIDINGS_DATABASE_POOL_MIN_SIZE", "20")
     with pytest.raises(ConfigError, match=r"pool_min_size \(20\) must not exceed"):
         load_settings()
+
+
+def _bounded_leaves(model: type[BaseModel], path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(dotted key, low, high) of every setting with bounds in the model."""
+    for name, info in model.model_fields.items():
+        key = f"{path}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _bounded_leaves(annotation, f"{key}.")
+            continue
+        low = high = None
+        for meta in info.metadata:
+            low = getattr(meta, "ge", low)
+            high = getattr(meta, "le", high)
+            func = getattr(meta, "func", None)
+            if isinstance(func, Within):
+                low, high = func.low, func.high
+        if low is not None and high is not None:
+            yield key, str(low), str(high)
+
+
+def test_every_count_and_duration_has_bounds_written_in_defaults_yaml() -> None:
+    """Each bound in the model is in the comment above its key in defaults.yaml."""
+    text = (Path(__file__).parents[1] / "tidings/config/defaults.yaml").read_text()
+    lines = text.splitlines()
+    bounded = dict((key, (low, high)) for key, low, high in _bounded_leaves(Settings))
+    for key in (
+        "database.connect_timeout", "notifications.workers", "notifications.bulk_limit",
+        "notifications.transaction_duration", "notifications.max_attempts",
+        "notifications.max_ttl", "notifications.shutdown_grace", "projections.batch_size",
+        "projections.poll_every", "projections.leader_retry_every",
+        "channels.smtp.timeout", "channels.webhook.timeout", "events.max_id_length",
+    ):  # fmt: skip
+        assert key in bounded, f"{key} has no bounds"
+    for key, (low, high) in bounded.items():
+        if key == "channels.smtp.port":
+            continue
+        leaf = key.rsplit(".", 1)[-1]
+        # The key's line in its section, then the comment lines right above it.
+        section_start = next(
+            i for i, line in enumerate(lines) if line.strip() == f"{key.split('.')[-2]}:"
+        )
+        number = next(
+            i for i in range(section_start, len(lines)) if lines[i].strip().startswith(f"{leaf}:")
+        )
+        comment = []
+        for above in reversed(lines[:number]):
+            if not above.strip().startswith("#"):
+                break
+            comment.append(above)
+        assert f"{low} to {high}" in " ".join(comment), (
+            f"{key}: bounds {low} to {high} not in {comment}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION", "0s", "must be between 1s and 1d"),
+        ("TIDINGS_NOTIFICATIONS_BULK_LIMIT", "0", "greater than or equal to 1"),
+        ("TIDINGS_NOTIFICATIONS_MAX_ATTEMPTS", "5000", "less than or equal to 1000"),
+        ("TIDINGS_PROJECTIONS_POLL_EVERY", "0s", "must be between 10ms and 1h"),
+        ("TIDINGS_PROJECTIONS_LEADER_RETRY_EVERY", "0s", "must be between 100ms and 10m"),
+        ("TIDINGS_CHANNELS_WEBHOOK_TIMEOUT", "0s", "must be between 100ms and 10m"),
+        (
+            "TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION",
+            "15s",
+            "notifications.transaction_duration (15s) must be at least twice the longest "
+            "timeout of a channel in use (channels.webhook.timeout, 10s)",
+        ),
+    ],
+)
+def test_settings_that_break_the_guarantees_are_refused_by_the_cli(
+    variable: str, value: str, message: str
+) -> None:
+    env = cli_env(**{variable: value, "TIDINGS_CHANNELS_EMAIL": "webhook"})
+    result = tidings("config", "show", env=env)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_only_the_channels_in_use_bound_the_lease() -> None:
+    """filesystem sends need no lease margin; an instance's smtp does."""
+    short = {"TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION": "4s"}
+    assert tidings("config", "show", env=cli_env(**short)).returncode == 0
+    acme_smtp = cli_env(**short, TIDINGS_CHANNELS_INSTANCES='{"acme": {"email": "smtp"}}')
+    refused = tidings("config", "show", env=acme_smtp)
+    assert refused.returncode == 2
+    assert "(channels.smtp.timeout, 10s)" in refused.stderr
+
+
+def test_a_lease_twice_the_channel_timeouts_is_taken() -> None:
+    env = cli_env(
+        TIDINGS_NOTIFICATIONS_TRANSACTION_DURATION="4s",
+        TIDINGS_CHANNELS_SMTP_TIMEOUT="2s",
+        TIDINGS_CHANNELS_TWILIO_TIMEOUT="1s",
+        TIDINGS_CHANNELS_WEBHOOK_TIMEOUT="2s",
+    )
+    result = tidings("config", "show", env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def cli_env(**variables: str) -> dict[str, str]:
+    return cli_clean_env(TIDINGS_DATA_DIR="/nonexistent/tidings-settings-test", **variables)

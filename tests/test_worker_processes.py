@@ -137,8 +137,11 @@ def sink() -> Iterator[Sink]:
         thread.join(timeout=5)
 
 
-def process_env(conninfo: str, sink: Sink, **notifications: str) -> dict[str, str]:
+def process_env(
+    conninfo: str, sink: Sink, webhook_timeout: str = "", **notifications: str
+) -> dict[str, str]:
     """Worker settings as environment variables; `notifications` as bulk_limit="10"."""
+    timeout = webhook_timeout
     return clean_env(
         TIDINGS_DATABASE_URL=conninfo,
         **worker_env(sink.url),
@@ -146,7 +149,7 @@ def process_env(conninfo: str, sink: Sink, **notifications: str) -> dict[str, st
         TIDINGS_NOTIFICATIONS_RETRY_REQUEUE_EVERY="200ms",
         TIDINGS_NOTIFICATIONS_MAX_TTL="1h",
         **{f"TIDINGS_NOTIFICATIONS_{name.upper()}": v for name, v in notifications.items()},
-    )
+    ) | ({"TIDINGS_CHANNELS_WEBHOOK_TIMEOUT": timeout} if timeout else {})
 
 
 class Worker:
@@ -322,7 +325,12 @@ async def test_a_killed_workers_claims_come_back_after_the_lease_and_nothing_is_
     ids = [f"n-{n:02d}" for n in range(30)]
     await create(db, sink, ids)
     args = ("--workers", "1", "--retry-workers", "0")
-    settings = {"bulk_limit": str(BULK), "transaction_duration": f"{LEASE:g}s"}
+    # The lease must be at least twice the channel's timeout.
+    settings = {
+        "bulk_limit": str(BULK),
+        "transaction_duration": f"{LEASE:g}s",
+        "webhook_timeout": f"{LEASE / 2:g}s",
+    }
 
     sink.holding.set()  # the sends hang, so they are in flight when the worker dies
     crashed = start("crashed", *args, **settings)

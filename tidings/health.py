@@ -98,6 +98,7 @@ class OperationsServer:
         self._timeout = check_timeout
         self._scrape_timeout = scrape_timeout
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self._refreshing = asyncio.Lock()
         self._stop = stop if stop is not None else asyncio.Event()
         self._was_ready: bool | None = None
@@ -134,6 +135,10 @@ class OperationsServer:
         if self._server is None:
             return
         self._server.close()
+        for handler in list(self._handlers):  # requests in flight: the process is stopping
+            handler.cancel()
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=2)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await self._server.wait_closed()
@@ -176,6 +181,15 @@ class OperationsServer:
         limit = format_duration(self._max_lag)
         if lag > self._max_lag:
             line = f"projector lag: {said} exceeds {limit}, the {LAG_SETTING}"
+            stuck = [status for status in statuses if status.unreachable]
+            if stuck:
+                count = sum(status.unreachable for status in stuck)
+                line += (
+                    f"; it cannot clear: {count} "
+                    f"{'event lies' if count == 1 else 'events lie'} beyond "
+                    "any position the store hands out (written by hand?) and the projector "
+                    "cannot reach them: run `tidings audit verify` (rule position-reachable)"
+                )
             return self._tell(Readiness(False, [*checks, line]))
         return self._tell(Readiness(True, [*checks, f"projector lag: {said}, within {limit}"]))
 
@@ -221,6 +235,9 @@ class OperationsServer:
         return readiness
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             try:
                 async with asyncio.timeout(_READ_TIMEOUT):
@@ -232,13 +249,20 @@ class OperationsServer:
             await _respond(writer, status, content_type, body, head_only=method == "HEAD")
         except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            # The process stops while a request is in flight (close() cancels
+            # it): the connection just closes. Not re-raised: the task ends
+            # here, and asyncio would log a cancelled handler as a traceback.
+            pass
         except Exception:  # a bug answers 500 and is logged; the server keeps serving
             log.exception("operations server failed on a request")
             with contextlib.suppress(ConnectionError):
                 await _respond(writer, 500, "text/plain", b"internal error\n", head_only=False)
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:

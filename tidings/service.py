@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from tidings.clock import Clock, utc_now
 from tidings.config import Settings
+from tidings.config.durations import format_duration
 from tidings.eventstore import Database
 from tidings.eventstore.errors import translated_errors
 from tidings.metrics import Metrics
@@ -84,18 +88,67 @@ class Service:
         projector: bool,
         until_idle: bool,
     ) -> None:
+        """Run until `stop` (or idle); once stopping, give the work shutdown_grace to finish.
+
+        In-flight attempts finish and record their outcomes; whatever is still
+        running when the grace period ends (a database that does not answer) is
+        canceled, and what could not be recorded is logged by notification.
+        """
         if until_idle:
-            await self._run_until_idle(stop, workers, retry_workers, projector)
+            work = asyncio.create_task(
+                self._run_until_idle(stop, workers, retry_workers, projector)
+            )
+        else:
+            work = asyncio.create_task(self._run_all(stop, workers, retry_workers, projector))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            grace = self._settings.notifications.shutdown_grace
+            if not work.done():
+                done, _ = await asyncio.wait({work}, timeout=grace.total_seconds())
+                if not done:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    log.error(
+                        "stopped after shutdown_grace (%s) with work still running (the "
+                        "database did not answer); %d attempts not recorded, listed above: "
+                        "they are claimed again when their lease runs out",
+                        format_duration(grace), self.pool.unrecorded,
+                        extra={"owner": self.pool.owner, "unrecorded": self.pool.unrecorded},
+                    )  # fmt: skip
+                    return
+            work.result()
+        finally:
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+        if until_idle:
             return
+        if self.pool.unrecorded:
+            log.warning(
+                "stopped: %d in-flight attempts could not be recorded (listed above); they are "
+                "claimed again when their lease runs out",
+                self.pool.unrecorded,
+                extra={"owner": self.pool.owner, "unrecorded": self.pool.unrecorded},
+            )
+        else:
+            log.info(
+                "stopped: in-flight attempts finished and recorded",
+                extra={"owner": self.pool.owner},
+            )
+
+    async def _run_all(
+        self, stop: asyncio.Event, workers: int, retry_workers: int, projector: bool
+    ) -> None:
         async with asyncio.TaskGroup() as group:  # one failing cancels the other
             group.create_task(
                 self.pool.run(stop=stop, workers=workers, retry_workers=retry_workers)
             )
             if projector:
-                group.create_task(self.projector.run(stop=stop, leader=self.leader()))
-        log.info(
-            "stopped: in-flight attempts finished and recorded", extra={"owner": self.pool.owner}
-        )
+                group.create_task(
+                    _stopped_promptly(self.projector.run(stop=stop, leader=self.leader()), stop)
+                )
 
     async def _run_until_idle(
         self, stop: asyncio.Event, workers: int, retry_workers: int, projector: bool
@@ -105,11 +158,11 @@ class Service:
             return
         try:
             while not stop.is_set():
-                covered = await self.projector.catch_up() if projector else 0
+                covered = await self.projector.catch_up(stop=stop) if projector else 0
                 await self.pool.run(
                     stop=stop, workers=workers, retry_workers=retry_workers, until_idle=True
                 )
-                if not covered and (not projector or not await self.projector.catch_up()):
+                if not covered and (not projector or not await self.projector.catch_up(stop=stop)):
                     return
         finally:
             if leader is not None:
@@ -117,3 +170,29 @@ class Service:
 
     async def close(self) -> None:
         await self.channels.close()
+
+
+async def _stopped_promptly(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run `work`; once `stop` is set, give it a second, then cancel it.
+
+    For the projector: a batch is one transaction, so canceling it mid-way
+    rolls it back and loses nothing, and a database that hangs (a lock, a
+    partition) cannot hold the shutdown for the whole grace period.
+    """
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                log.info("projector stopped mid-batch: the batch was rolled back, nothing lost")
+                return
+        task.result()
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()

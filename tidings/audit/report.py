@@ -46,6 +46,15 @@ _RULES = (
         "`tidings projections rebuild pending`",
     ),
     Rule(
+        "position-reachable",
+        "every event lies at a position the store has handed out (its writing transaction "
+        "had started when the audit began)",
+        "a row was written by hand (SQL) at a position beyond any the store hands out: the "
+        "projector reads only finished positions, so it will not reach this event until the "
+        "database's transaction ids catch up, and its lag cannot clear meanwhile; delete the "
+        "row and append the event again with `tidings events append`",
+    ),
+    Rule(
         "source-exists",
         "a request's source event is in the log, in its instance, with the event type the "
         "request names",

@@ -116,6 +116,8 @@ class LogAuditor:
         if progress is not None and unreported:
             progress(unreported)
 
+        async for row in self._stream(conn, query("unreachable_events")):
+            violations.add(_unreachable(*row))
         async for row in self._stream(conn, query("requests_without_source")):
             violations.add(_missing_source(*row))
         async for row in self._stream(conn, query("sent_without_source_sent")):
@@ -174,6 +176,25 @@ def _notification_violation(
         sequence=sequence,
         position=position,
         detail=detail,
+    )
+
+
+def _unreachable(
+    instance_id: str, aggregate_type: str, aggregate_id: str, sequence: int, position: int,
+    event_type: str, next_tx: int,
+) -> Violation:  # fmt: skip
+    return Violation(
+        rule="position-reachable",
+        instance_id=instance_id,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        sequence=sequence,
+        position=position,
+        detail=(
+            f"{event_type} at position {position} (transaction {position >> 16}) lies beyond "
+            f"any position the store has handed out (next transaction {next_tx}): the "
+            "projector cannot reach it, and its lag cannot clear"
+        ),
     )
 
 

@@ -12,7 +12,7 @@ import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tidings.cli.base import fail, main, run, settings_of
-from tidings.config import DatabaseSettings
+from tidings.config import DatabaseSettings, EventSettings
 from tidings.config.durations import format_duration, parse_duration
 from tidings.eventstore import (
     ConcurrencyError,
@@ -24,9 +24,10 @@ from tidings.eventstore import (
     migrate,
     open_database,
 )
+from tidings.notification.admission import is_internal, producer_event_problem
 from tidings.notification.redaction import ENCRYPTED, redacted_path
 
-log = logging.getLogger("tidings.migrate")
+log = logging.getLogger("tidings.cli")
 
 _WAIT_POLL = 1.0  # seconds between two looks at the schema version
 
@@ -166,24 +167,45 @@ class AppendLine(BaseModel):
         )
 
 
-def parse_event_lines(stream: IO[str], name: str) -> tuple[list[NewEvent], list[int]]:
-    """Events and their line numbers; exits naming every malformed line."""
+def parse_event_lines(
+    stream: IO[bytes], name: str, *, limits: EventSettings, allow_internal: bool = False
+) -> tuple[list[NewEvent], list[int]]:
+    """Events and their line numbers; exits naming every line that cannot be appended.
+
+    A line must be UTF-8 JSON, and an event a producer may append (see
+    tidings.notification.admission: producer types, sizes, text PostgreSQL
+    can store), checked here so that nothing is half-appended.
+    """
     events: list[NewEvent] = []
     numbers: list[int] = []
     problems: list[str] = []
-    for number, line in enumerate(stream, start=1):
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(
+                f"{name} line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                f"column {exc.start + 1})"
+            )
+            continue
         if not line.strip():
             continue
         try:
-            events.append(AppendLine.model_validate_json(line).to_event())
-            numbers.append(number)
+            event = AppendLine.model_validate_json(line).to_event()
         except ValidationError as exc:
             problems.append(f"{name} line {number}: {_validation_summary(exc)}")
+            continue
+        refused = producer_event_problem(event, limits=limits, allow_internal=allow_internal)
+        if refused is not None:
+            problems.append(f"{name} line {number}: {refused}")
+            continue
+        events.append(event)
+        numbers.append(number)
     if problems:
         for problem in problems[:20]:
             click.echo(f"error: {problem}", err=True)
         if len(problems) > 20:
-            click.echo(f"error: ... and {len(problems) - 20} more malformed lines", err=True)
+            click.echo(f"error: ... and {len(problems) - 20} more lines refused", err=True)
         fail("nothing was appended", code=1)
     return events, numbers
 
@@ -201,7 +223,7 @@ def _validation_summary(exc: ValidationError) -> str:
 
 
 @events_group.command("append")
-@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 @click.option(
     "--format",
     "output_format",
@@ -210,8 +232,16 @@ def _validation_summary(exc: ValidationError) -> str:
     show_default=True,
     help="How to print where each event landed.",
 )
+@click.option(
+    "--allow-internal",
+    is_flag=True,
+    help="An operator's repair: also take notification.* and *.sent events, which "
+    "otherwise only tidings writes. Logged.",
+)
 @click.pass_context
-def append_command(ctx: click.Context, source: IO[str], output_format: str) -> None:
+def append_command(
+    ctx: click.Context, source: IO[bytes], output_format: str, allow_internal: bool
+) -> None:
     """Append events from a JSON-lines FILE (or - for stdin), all in one transaction.
 
     \b
@@ -219,14 +249,34 @@ def append_command(ctx: click.Context, source: IO[str], output_format: str) -> N
     "payload": {...}, optional "expected_sequence" (the aggregate's last
     sequence as you saw it, 0 for a new aggregate), "owner", "creator"}.
     A malformed line or a conflict stores nothing and names the line.
+    Producers append user.* and session.* events (docs/events.md); sizes are
+    bounded by the events.* settings.
     """
-    name = "stdin" if source.name == "<stdin>" else source.name
-    events, numbers = parse_event_lines(source, name)
+    name = "stdin" if source.name in ("<stdin>", "-") else source.name
+    settings = settings_of(ctx)
+    events, numbers = parse_event_lines(
+        source, name, limits=settings.events, allow_internal=allow_internal
+    )
     if not events:
         fail(f"{name} holds no events")
+    internal = [
+        (number, event) for number, event in zip(numbers, events, strict=True)
+        if is_internal(event.event_type)
+    ]  # fmt: skip
+    if internal:
+        log.warning(
+            "events append --allow-internal: an operator appends %d events that only tidings "
+            "writes otherwise, from %s: %s",
+            len(internal), name,
+            "; ".join(
+                f"line {number} {e.event_type} on {e.instance_id} {e.aggregate_type}/"
+                f"{e.aggregate_id}" for number, e in internal[:20]
+            ) + (f"; and {len(internal) - 20} more" if len(internal) > 20 else ""),
+            extra={"allow_internal": True, "internal_events": len(internal)},
+        )  # fmt: skip
 
     async def go() -> None:
-        async with open_database(settings_of(ctx).database) as db:
+        async with open_database(settings.database) as db:
             try:
                 stored = await db.store.append(events)
             except ConcurrencyError as exc:

@@ -114,6 +114,11 @@ def configure_logging(
     logging.captureWarnings(log_format == "json")
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The pool warns on every failed reconnect (several a second during an
+    # outage); tidings' own outage lines say it once. `--log-level debug` shows them.
+    logging.getLogger("psycopg.pool").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.ERROR
+    )
 
 
 def logs_as_json() -> bool:

@@ -20,25 +20,44 @@ def codes_group() -> None:
 
 
 @codes_group.command("encrypt")
-@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 @click.pass_context
-def codes_encrypt(ctx: click.Context, source: IO[str]) -> None:
+def codes_encrypt(ctx: click.Context, source: IO[bytes]) -> None:
     """Encrypt each line of SOURCE (default: stdin) with crypto.active_key.
 
-    Prints one JSON value per line, ready for a code event's `code` field.
+    Prints one JSON value per line, ready for a code event's `code` field:
+    output line N is input line N, always. A blank line (or one that is not
+    UTF-8) is refused, naming it, and nothing is printed, so that a script
+    pairing inputs with outputs can never give one user another user's code.
     Codes are read from stdin rather than arguments so they stay out of shell
     history and process lists.
     """
     from tidings.notification.codes import CodeCipher
 
+    name = "stdin" if source.name in ("<stdin>", "-") else source.name
+    codes: list[str] = []
+    problems: list[str] = []
+    for number, raw in enumerate(source, start=1):
+        try:
+            code = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            problems.append(f"{name} line {number}: not valid UTF-8")
+            continue
+        if not code.strip():
+            problems.append(f"{name} line {number}: blank; every line must hold a code")
+            continue
+        codes.append(code)
+    if problems:
+        for problem in problems[:20]:
+            click.echo(f"error: {problem}", err=True)
+        fail("nothing was encrypted: output line N must be input line N", code=1)
     try:
         cipher = CodeCipher.from_settings(settings_of(ctx).crypto)
-        for line in source:
-            code = line.rstrip("\r\n")
-            if code:
-                click.echo(cipher.encrypt(code).model_dump_json())
+        encrypted = [cipher.encrypt(code).model_dump_json() for code in codes]
     except TidingsError as exc:
         fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
+    for line in encrypted:
+        click.echo(line)
 
 
 @codes_group.command("generate-key")

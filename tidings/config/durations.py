@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -51,3 +51,21 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+
+
+class Within:
+    """A duration setting's bounds, as written in defaults.yaml: `Within("1s", "1h")`."""
+
+    def __init__(self, low: str, high: str) -> None:
+        self.low, self.high = low, high
+        self._lowest, self._highest = parse_duration(low), parse_duration(high)
+
+    def __call__(self, value: timedelta) -> timedelta:
+        if not self._lowest <= value <= self._highest:
+            raise ValueError(f"must be between {self.low} and {self.high}")
+        return value
+
+
+def within(low: str, high: str) -> AfterValidator:
+    """Annotate a Duration with its bounds (see Within)."""
+    return AfterValidator(Within(low, high))

@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tidings.config.durations import DURATION_HELP, Duration, format_duration
+from tidings.config.durations import DURATION_HELP, Duration, format_duration, within
 from tidings.config.masking import mask_url, url_secrets
 from tidings.errors import ConfigError
 
@@ -49,9 +49,11 @@ class DatabaseSettings(_Section):
     url: SecretStr | None = None
     data_dir: Path | None = None
     allow_embedded: bool = True
-    pool_min_size: int = Field(default=1, ge=1)
-    pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    pool_min_size: int = Field(default=1, ge=1, le=100)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+    connect_timeout: Annotated[Duration, within("100ms", "5m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
     @model_validator(mode="after")
     def _pool_sizes_agree(self) -> DatabaseSettings:
@@ -74,19 +76,36 @@ class DatabaseSettings(_Section):
 
 
 class NotificationSettings(_Section):
-    workers: int = Field(default=1, ge=0)
-    bulk_limit: int = Field(default=10, ge=1)
-    requeue_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
-    retry_workers: int = Field(default=1, ge=0)
-    retry_requeue_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
-    handle_active_instances: Duration = Field(default_factory=lambda: timedelta(seconds=0))
-    transaction_duration: Duration = Field(default_factory=lambda: timedelta(seconds=60))
-    max_attempts: int = Field(default=3, ge=1)
-    max_ttl: Duration = Field(default_factory=lambda: timedelta(seconds=300))
-    min_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=1))
-    max_retry_delay: Duration = Field(default_factory=lambda: timedelta(seconds=20))
-    retry_delay_factor: float = Field(default=1.5, ge=0)
+    workers: int = Field(default=1, ge=0, le=1000)
+    bulk_limit: int = Field(default=10, ge=1, le=10000)
+    requeue_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+    retry_workers: int = Field(default=1, ge=0, le=1000)
+    retry_requeue_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+    handle_active_instances: Annotated[Duration, within("0s", "30d")] = Field(
+        default_factory=lambda: timedelta(seconds=0)
+    )
+    transaction_duration: Annotated[Duration, within("1s", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=60)
+    )
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_ttl: Annotated[Duration, within("1s", "30d")] = Field(
+        default_factory=lambda: timedelta(seconds=300)
+    )
+    min_retry_delay: Annotated[Duration, within("10ms", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
+    max_retry_delay: Annotated[Duration, within("10ms", "7d")] = Field(
+        default_factory=lambda: timedelta(seconds=20)
+    )
+    retry_delay_factor: float = Field(default=1.5, ge=0, le=100)
     notify_on_password_change: bool = False
+    shutdown_grace: Annotated[Duration, within("1s", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=25)
+    )
 
     @model_validator(mode="after")
     def _retry_delays_agree(self) -> NotificationSettings:
@@ -98,10 +117,22 @@ class NotificationSettings(_Section):
         return self
 
 
+class EventSettings(_Section):
+    """What an appended event may hold (checked before it reaches the store)."""
+
+    max_id_length: int = Field(default=200, ge=1, le=255)
+    max_type_length: int = Field(default=200, ge=1, le=255)
+    max_payload_bytes: int = Field(default=65536, ge=1024, le=1048576)
+
+
 class ProjectionSettings(_Section):
-    batch_size: int = Field(default=500, ge=1)
-    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
-    leader_retry_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
+    batch_size: int = Field(default=500, ge=1, le=100000)
+    poll_every: Annotated[Duration, within("10ms", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
+    leader_retry_every: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=1)
+    )
 
 
 EmailChannelName = Literal["filesystem", "log", "smtp", "webhook"]
@@ -130,7 +161,9 @@ class SMTPChannelSettings(_Section):
     from_address: str = "tidings@localhost"
     from_name: str = ""
     reply_to: str | None = None
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
     ca_file: Path | None = None
 
 
@@ -141,13 +174,17 @@ class TwilioChannelSettings(_Section):
     messaging_service_sid: str = ""
     base_url: str = "https://api.twilio.com"
     permanent_error_codes: tuple[int, ...] = (60203, 60410)
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
 
 class WebhookChannelSettings(_Section):
     url: str = ""
     signing_secret: SecretStr | None = None
-    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
 
 class ChannelSettings(_Section):
@@ -201,6 +238,24 @@ class TemplateSettings(_Section):
     dir: Path | None = None
     fallback_language: str = "en"
     product_name: str = "tidings"
+    allowed_url_schemes: tuple[str, ...] = ("https", "http")
+    max_field_bytes: int = Field(default=65536, ge=1024, le=16777216)
+    max_message_bytes: int = Field(default=1048576, ge=4096, le=67108864)
+    render_timeout: Annotated[Duration, within("10ms", "1m")] = Field(
+        default_factory=lambda: timedelta(seconds=2)
+    )
+
+    @model_validator(mode="after")
+    def _schemes_are_schemes(self) -> TemplateSettings:
+        bad = [
+            s for s in self.allowed_url_schemes if s.lower() in ("javascript", "data", "vbscript")
+        ]
+        if bad or not self.allowed_url_schemes:
+            raise ValueError(
+                "allowed_url_schemes must name link schemes such as https and http, never "
+                "javascript, data or vbscript"
+            )
+        return self
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -235,7 +290,9 @@ Address = Annotated[str | None, AfterValidator(_check_address)]
 
 class OperationsSettings(_Section):
     metrics_addr: Address = None
-    ready_max_projector_lag: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    ready_max_projector_lag: Annotated[Duration, within("0s", "1d")] = Field(
+        default_factory=lambda: timedelta(seconds=30)
+    )
     log_format: Literal["text", "json"] = "text"
 
     def metrics_address(self) -> tuple[str, int] | None:
@@ -251,10 +308,41 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     projections: ProjectionSettings = Field(default_factory=ProjectionSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
+
+    @model_validator(mode="after")
+    def _lease_covers_send_and_record(self) -> Settings:
+        # An attempt's send is cut off at half the lease, and the outcome is
+        # recorded in the other half: a channel whose own timeout runs longer
+        # than half the lease would be cut off before it can say why, and a
+        # lease shorter than a send invites a second worker to send again.
+        lease = self.notifications.transaction_duration
+        channels = self.channels
+        used = {channels.email, channels.sms}
+        for choice in channels.instances.values():
+            used |= {name for name in (choice.email, choice.sms) if name}
+        timeouts = {
+            f"channels.{name}.timeout": getattr(channels, name).timeout
+            for name in ("smtp", "twilio", "webhook")
+            if name in used
+        }
+        if not timeouts:  # filesystem and log only: they do not wait on anyone
+            return self
+        name, longest = max(timeouts.items(), key=lambda item: item[1])
+        if lease < 2 * longest:
+            raise ValueError(
+                f"notifications.transaction_duration ({format_duration(lease)}) must be at "
+                f"least twice the longest timeout of a channel in use ({name}, "
+                f"{format_duration(longest)}): "
+                "a send takes up to its channel's timeout within the first half of the lease, "
+                "the second half is left to record the outcome; raise transaction_duration or "
+                "lower the timeout"
+            )
+        return self
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain values, with every secret masked."""
@@ -454,10 +542,12 @@ def _describe(error: Any) -> str:
         where = f"section {section}" if section else "the top level"
         return f"unknown setting {key} (env {env}) = {value!r}: {where} allows {', '.join(allowed)}"
     message = str(error["msg"])
-    if "duration" in message or DURATION_HELP in message:
+    if message.startswith("Input should be a valid duration") or DURATION_HELP in message:
         message = f"expected {DURATION_HELP}"
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
+    if not key:  # a rule across sections
+        return f"invalid settings: {message}"
     if isinstance(value, dict):  # a rule across keys of one section
         return f"invalid settings in section {key}: {message}"
     return f"invalid setting {key} (env {env}) = {value!r}: {message}"

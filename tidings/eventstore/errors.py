@@ -49,6 +49,14 @@ class DatabaseUnavailable(EventStoreError):
     fields: ClassVar[tuple[str, ...]] = ("target",)
 
 
+class InvalidEventData(EventStoreError):
+    """The database refused this data (too long for an index, invalid text, a broken constraint).
+
+    About the event or row being written, not about the database: retrying the
+    same data fails the same way, so it is recorded as a failure and skipped.
+    """
+
+
 class SchemaNotReady(EventStoreError):
     """The database schema is missing or older than this tidings: run `tidings migrate`."""
 
@@ -77,6 +85,22 @@ _TOO_LARGE = "TD002"
 _OUT_OF_ORDER = "TD003"
 
 
+# What a PostgreSQL error is about, by its SQLSTATE class
+# (https://www.postgresql.org/docs/current/errcodes-appendix.html). psycopg
+# files 54 program_limit_exceeded (an index row too large) under
+# OperationalError beside connection loss; retrying such data can only fail
+# again, so it must never be taken for an outage.
+# - about the data written: 22 data exception, 23 integrity constraint
+#   violation, 54 program limit exceeded;
+_DATA_CLASSES = frozenset({"22", "23", "54"})
+# - about the database, worth retrying: 08 connection exception, 53
+#   insufficient resources, 57 operator intervention (admin shutdown, query
+#   canceled), 58 system error; and serialization failures and deadlocks,
+#   which a retry of the same transaction resolves.
+_OUTAGE_CLASSES = frozenset({"08", "53", "57", "58"})
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03"})
+
+
 def translate(exc: Exception) -> TidingsError:
     """Turn a psycopg or pool error into the tidings error that says what to do."""
     if isinstance(exc, TidingsError):
@@ -101,7 +125,12 @@ def translate(exc: Exception) -> TidingsError:
             f"the database has no tidings schema ({primary}): run `tidings migrate`",
             sqlstate=state,
         )
-    if isinstance(exc, psycopg.OperationalError):
+    if state is not None and state[:2] in _DATA_CLASSES:
+        return InvalidEventData(
+            f"the database refused the data ({state}): {primary}", sqlstate=state
+        )
+    lost = state is None and isinstance(exc, psycopg.OperationalError)  # no server answer
+    if lost or (state is not None and (state[:2] in _OUTAGE_CLASSES or state in _TRANSIENT_STATES)):
         return DatabaseUnavailable(f"database unavailable: {primary}", sqlstate=state)
     return EventStoreError(f"database error {state}: {primary}", sqlstate=state)
 

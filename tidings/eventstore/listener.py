@@ -18,6 +18,7 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from tidings.eventstore.models import EVENTS_CHANNEL, WakeUp
+from tidings.eventstore.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +29,36 @@ async def wakeups(
     timeout: float,
     channel: str = EVENTS_CHANNEL,
     reconnect_delays: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0),
+    who: str = "",
 ) -> AsyncGenerator[WakeUp | None]:
     """Yield a WakeUp per committed append, or None after `timeout` seconds of quiet.
 
     Reconnects after a lost connection, waiting `reconnect_delays` in turn (the
-    last one repeats), and yields None after each reconnect.
+    last one repeats), and yields None after each reconnect. `who` names the
+    listener's owner in the log (the projector, the workers).
     """
     failures = 0
+    outage = Outage(
+        f"{who} wake-up listener".strip(),
+        retried="reconnecting; meanwhile it polls as without wake-ups",
+        logger=log,
+        fields={"listener": who},
+    )
     while True:
         try:
-            conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+            )
         except psycopg.OperationalError as exc:
             delay = reconnect_delays[min(failures, len(reconnect_delays) - 1)]
             failures += 1
-            log.warning(
-                "wake-up listener cannot connect (try %d, next in %.1fs): %s",
-                failures, delay, _first_line(exc),
-            )  # fmt: skip
+            outage.failed(exc, retry_in=delay)
             await asyncio.sleep(delay)
             continue
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             if failures:
-                log.info("wake-up listener reconnected after %d failed tries", failures)
+                outage.recovered()
                 failures = 0
                 yield None
             while True:
@@ -62,7 +70,7 @@ async def wakeups(
                     yield None
         except psycopg.OperationalError as exc:
             failures += 1
-            log.warning("wake-up listener lost its connection: %s", _first_line(exc))
+            outage.failed(exc)
         finally:
             await conn.close()
 
@@ -76,6 +84,6 @@ def _parse(payload: str) -> WakeUp:
         return WakeUp()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+# A server that does not answer at all (a network partition) must not hold a
+# reconnect for the kernel's TCP timeout.
+_CONNECT_TIMEOUT = 5

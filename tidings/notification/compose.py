@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
-from tidings.notification.errors import CodeError
+from tidings.notification.errors import CodeError, RenderError
 from tidings.notification.recipients import email_recipient, sms_recipient
 from tidings.notification.rendering import Renderer, choose_language, humanize
 from tidings.notification.requests import NotifyUser, Request
@@ -80,6 +80,7 @@ class MessageComposer:
             )
         else:
             content = SMSContent(to_number=number, text=texts["sms"])
+        self._check_size(texts, content, instance_id)
         return OutgoingMessage(
             notification_id=notification_id,
             instance_id=instance_id,
@@ -88,6 +89,24 @@ class MessageComposer:
             content=content,
             sensitive=code_forms(code),
         )
+
+    def _check_size(
+        self, texts: dict[str, str], content: EmailContent | SMSContent, instance_id: str
+    ) -> None:
+        """The whole message within templates.max_message_bytes, or a RenderError."""
+        parts = dict(texts)
+        if isinstance(content, EmailContent):
+            parts |= {"layout.html": content.html, "layout.txt": content.text}
+        sizes = {name: len(text.encode()) for name, text in parts.items()}
+        total, most = sum(sizes.values()), self._renderer.limits.max_message_bytes
+        if total > most:
+            largest = max(sizes, key=lambda name: sizes[name])
+            raise RenderError(
+                f"the message of instance {instance_id} renders to {total} bytes, over {most} "
+                f"(templates.max_message_bytes); the largest part is {largest} "
+                f"({sizes[largest]} bytes)",
+                template=largest,
+            )
 
     def variables(
         self, request: Request, user: NotifyUser, *, code: str, lang: str

@@ -16,6 +16,7 @@ pool crashing.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +36,9 @@ TEXT_FIELDS = (
     "title", "pre_header", "subject", "greeting", "body", "button_text", "footer", "sms",
 )  # fmt: skip
 DEFAULT_SCOPE = "_default"
+# What an instance id may be to have an override folder: letters, digits, and
+# . _ - (not first); at most 200 characters (docs/operations.md, templates).
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 _BUILT_IN = "built-in"
 _GO_STYLE = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
 
@@ -94,10 +98,30 @@ class TextCatalog:
         return self._built_in_layouts[kind]
 
     def _scopes(self, instance_id: str) -> list[Path]:
-        """Override folders, most specific first."""
+        """Override folders, most specific first.
+
+        An instance id is a folder name, never a path: one outside INSTANCE_ID
+        (`../outside`, `a/b`) has no folder of its own (only _default and the
+        built-in texts apply), and every folder must resolve to inside
+        templates.dir, so a symbolic link cannot lead out of it either.
+        """
         if self._dir is None:
             return []
-        return [p for p in (self._dir / instance_id, self._dir / DEFAULT_SCOPE) if p.is_dir()]
+        root = self._dir.resolve()
+        names = [DEFAULT_SCOPE]
+        if INSTANCE_ID.fullmatch(instance_id) and instance_id != DEFAULT_SCOPE:
+            names.insert(0, instance_id)
+        scopes = []
+        for name in names:
+            folder = self._dir / name
+            if folder.is_dir():
+                if not folder.resolve().is_relative_to(root):
+                    raise RenderError(
+                        f"{folder}: the override folder leads outside templates.dir ({root})",
+                        template=str(folder),
+                    )
+                scopes.append(folder)
+        return scopes
 
     def _override(self, path: Path) -> dict[str, dict[str, Source]]:
         try:
@@ -174,16 +198,67 @@ def _parse_texts(text: str, where: str) -> dict[str, dict[str, Source]]:
     return texts
 
 
-class Renderer:
-    """Renders texts, layouts and URL templates in a sandbox."""
+@dataclass(frozen=True)
+class RenderLimits:
+    """What one rendering may produce and take (settings templates.*)."""
 
-    def __init__(self, *, catalog: TextCatalog) -> None:
+    max_field_bytes: int = 65536
+    max_message_bytes: int = 1048576
+    seconds: float = 2.0
+    url_schemes: tuple[str, ...] = ("https", "http")
+
+
+class _TooMuch(Exception):
+    """A template went past a render limit (turned into a RenderError naming file and line)."""
+
+
+class _LimitedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, refusing operations that would build huge values or loop for ever.
+
+    `'A' * 5000000` or `9 ** 9 ** 9` is refused before it is computed, and every
+    range() a template makes counts against a budget per rendering, so nested
+    loops cannot run for hours without writing anything.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, *, limits: RenderLimits, **options: Any) -> None:
+        super().__init__(**options)
+        self.limits = limits
+        self.range_budget = 0
+        self.globals["range"] = self._range
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise _TooMuch(f"the exponent {right} is over 64")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > self.limits.max_field_bytes:
+                    raise _TooMuch(
+                        f"a value of {len(seq) * times} items is over "
+                        f"{self.limits.max_field_bytes} (templates.max_field_bytes)"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+    def _range(self, *args: int) -> range:
+        numbers = range(*args)
+        self.range_budget -= len(numbers)
+        if self.range_budget < 0:
+            raise _TooMuch("the loops go over 100000 steps in one rendering")
+        return numbers
+
+
+class Renderer:
+    """Renders texts, layouts and URL templates in a sandbox, within RenderLimits."""
+
+    def __init__(self, *, catalog: TextCatalog, limits: RenderLimits | None = None) -> None:
         self.catalog = catalog
-        self._plain = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-        self._html = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
-        self._url = ImmutableSandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, finalize=_url_quote
-        )
+        self.limits = limits or RenderLimits()
+        options: dict[str, Any] = {"undefined": StrictUndefined, "limits": self.limits}
+        self._plain = _LimitedSandbox(autoescape=False, **options)
+        self._html = _LimitedSandbox(autoescape=True, **options)
+        self._url = _LimitedSandbox(autoescape=False, finalize=_url_quote, **options)
         # Compiled templates by environment and text: compiling costs far more
         # than rendering, and the same texts render for every message.
         self._compiled: dict[tuple[int, str], Template] = {}
@@ -216,7 +291,18 @@ class Renderer:
         Every value put into the URL is percent-encoded.
         """
         source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
-        return self._render(self._url, source, variables, "url_template")
+        url = self._render(self._url, source, variables, "url_template")
+        scheme = _scheme(url)
+        if url and scheme not in self.limits.url_schemes:
+            allowed = " or ".join(f"{name}:" for name in self.limits.url_schemes)
+            found = f"{scheme}:" if scheme else "a link without a scheme"
+            raise RenderError(
+                f"url_template: a link must be {allowed} (templates.allowed_url_schemes), "
+                f"not {found}",
+                template="url_template",
+                line=1,
+            )
+        return url
 
     def _render(
         self,
@@ -233,9 +319,32 @@ class Renderer:
                 self._compiled.clear()
             template = self._compiled[key] = _compile(env, source, label)
         try:
-            return template.render(**variables)
+            return self._within_limits(env, template, variables)
         except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
             raise _render_error(source, label, exc) from None
+
+    def _within_limits(
+        self, env: ImmutableSandboxedEnvironment, template: Template, variables: Mapping[str, Any]
+    ) -> str:
+        """Render chunk by chunk, stopping at the size or time limit."""
+        limits = self.limits
+        if isinstance(env, _LimitedSandbox):
+            env.range_budget = _RANGE_BUDGET
+        deadline = time.monotonic() + limits.seconds
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(**variables):
+            size += len(chunk.encode())
+            if size > limits.max_field_bytes:
+                raise _TooMuch(
+                    f"the output is over {limits.max_field_bytes} bytes (templates.max_field_bytes)"
+                )
+            if time.monotonic() > deadline:
+                raise _TooMuch(
+                    f"rendering took over {limits.seconds:g}s (templates.render_timeout)"
+                )
+            parts.append(chunk)
+        return "".join(parts)
 
 
 def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> Template:
@@ -270,6 +379,18 @@ def _template_line(exc: BaseException) -> int:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+_RANGE_BUDGET = 100_000
+
+
+def _scheme(url: str) -> str:
+    """A link's scheme as a browser reads it: control characters and blanks do not hide it."""
+    cleaned = "".join(ch for ch in url if ch > " " and ch != "\x7f")
+    head, sep, _ = cleaned.partition(":")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
+        return ""
+    return head.lower()
 
 
 def _url_quote(value: Any) -> str:

@@ -13,18 +13,11 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_never,
-    wait_exponential,
-)
 
 from tidings.config import ProjectionSettings
 from tidings.eventstore import Database, DatabaseUnavailable, StoredEvent, wakeups
-from tidings.eventstore.errors import translate
+from tidings.eventstore.errors import EventStoreError, translate
+from tidings.eventstore.outage import Outage, backoff_delays, wait_or_stop
 from tidings.projections.base import Connection, InvalidEvent, Projection
 from tidings.projections.leader import LeaderLock
 from tidings.projections.sql import query
@@ -43,6 +36,7 @@ class ProjectionStatus:
     lag_events: int
     oldest_unhandled: datetime | None
     failures: int
+    unreachable: int = 0  # of lag_events: beyond any position handed out, never read
 
     def lag_seconds(self, now: datetime) -> float:
         """Age of the oldest event still to handle; 0 when caught up."""
@@ -75,6 +69,12 @@ class Projector:
         self._settings = settings
         self._types = sorted(set().union(*(p.event_types for p in projections)))
         self._checkpoints_exist = False
+        self._skipped: list[tuple[Projection, StoredEvent, str]] = []
+        self._outage = Outage(
+            "projector",
+            retried="reading the log is retried without advancing; nothing is lost",
+            logger=log,
+        )
 
     @property
     def projections(self) -> list[Projection]:
@@ -85,13 +85,27 @@ class Projector:
 
         With `conn`, runs inside the caller's transaction (used by rebuilds).
         """
+        # A failure is told only once its batch committed: a batch rolled back
+        # (an outage, another projector that moved on first) skipped nothing.
+        self._skipped = []
         if conn is not None:
-            return await self._step(conn)
-        try:
-            async with self._db.pool.connection() as own, own.transaction():
-                return await self._step(own)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
+            covered = await self._step(conn)
+        else:
+            try:
+                async with self._db.pool.connection() as own, own.transaction():
+                    covered = await self._step(own)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+        for projection, event, error in self._skipped:
+            log.warning(
+                "projection %s skipped %s at position %s (%s %s/%s seq %s): %s; recorded as a "
+                "failure (`tidings projections status`), the projector goes on",
+                projection.name, event.event_type, event.position, event.instance_id,
+                event.aggregate_type, event.aggregate_id, event.sequence, error,
+                extra={**_event_fields(projection, event), "error": error},
+            )  # fmt: skip
+        self._skipped = []
+        return covered
 
     async def _step(self, conn: Connection) -> int:
         if not self._checkpoints_exist:
@@ -148,13 +162,16 @@ class Projector:
                 await projection.handle(event, conn)
         except InvalidEvent as exc:
             await self._record_failure(projection, event, str(exc), conn)
-        except psycopg.Error as exc:
+        except (psycopg.Error, EventStoreError) as exc:
+            # Only an outage stops the batch (to be retried); anything the
+            # database refuses about this event's data (too long for an index,
+            # invalid text, a broken constraint) is this event's failure. A
+            # conflict is one too, unless another projector handled the event
+            # first: then the checkpoint moved, and the whole batch rolls back.
             error = translate(exc)
             if isinstance(error, DatabaseUnavailable):
                 raise error from exc
             await self._record_failure(projection, event, str(error), conn)
-        except DatabaseUnavailable:
-            raise
         except Exception as exc:  # a bug must not stop the projector: record, skip, tell
             log.exception(
                 "projection %s failed on position %s", projection.name, event.position,
@@ -165,12 +182,7 @@ class Projector:
     async def _record_failure(
         self, projection: Projection, event: StoredEvent, error: str, conn: Connection
     ) -> None:
-        log.warning(
-            "projection %s skipped %s at position %s (%s %s/%s seq %s): %s",
-            projection.name, event.event_type, event.position, event.instance_id,
-            event.aggregate_type, event.aggregate_id, event.sequence, error,
-            extra={**_event_fields(projection, event), "error": error},
-        )  # fmt: skip
+        self._skipped.append((projection, event, error))
         await conn.execute(
             query("failure_record"),
             {
@@ -185,14 +197,18 @@ class Projector:
             },
         )
 
-    async def catch_up(self, *, give_up_after: float | None = 30.0) -> int:
-        """Handle batches until none is left; returns the events covered.
+    async def catch_up(
+        self, *, give_up_after: float | None = 30.0, stop: asyncio.Event | None = None
+    ) -> int:
+        """Handle batches until none is left (or `stop` is set); returns the events covered.
 
         A database that went away is retried with backoff for `give_up_after`
         seconds (None: for ever) without advancing.
         """
         total = 0
-        while covered := await self._retrying(self.step, give_up_after):
+        while (stop is None or not stop.is_set()) and (
+            covered := await self._retrying(self.step, give_up_after, stop)
+        ):
             total += covered
         return total
 
@@ -216,7 +232,9 @@ class Projector:
                     return
                 checked = time.monotonic()
                 while not stop.is_set():
-                    covered = await self._retrying(self.step, None if not until_idle else 30.0)
+                    covered = await self._retrying(
+                        self.step, None if not until_idle else 30.0, stop
+                    )
                     if covered:
                         continue
                     if until_idle:
@@ -237,31 +255,45 @@ class Projector:
 
     async def _listen(self, wake: asyncio.Event, poll: float) -> None:
         relevant = set(self._types)
-        async for woke in wakeups(self._db.conninfo, timeout=poll):
+        async for woke in wakeups(self._db.conninfo, timeout=poll, who="projector"):
             if woke is None or not woke.event_types or relevant & set(woke.event_types):
                 wake.set()
 
-    async def _retrying(self, step: Callable[[], Any], give_up_after: float | None) -> int:
-        def tell(state: RetryCallState) -> None:
-            outcome = state.outcome
-            error = outcome.exception() if outcome is not None else None
-            delay = state.next_action.sleep if state.next_action else 0
-            log.warning(
-                "projector: %s; retrying in %.1fs without advancing (try %d)",
-                error, delay, state.attempt_number,
-                extra={"error": str(error), "retry_in_seconds": delay, "try": state.attempt_number},
-            )  # fmt: skip
+    async def _retrying(
+        self,
+        step: Callable[[], Any],
+        give_up_after: float | None,
+        stop: asyncio.Event | None = None,
+    ) -> int:
+        """`step()`, retried with backoff while the database is away; 0 when `stop` is set.
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(DatabaseUnavailable),
-            wait=wait_exponential(multiplier=0.2, max=10),
-            stop=stop_never if give_up_after is None else stop_after_delay(give_up_after),
-            before_sleep=tell,
-            reraise=True,
-        ):
-            with attempt:
+        Every wait also waits on `stop`, so a stop request is honoured at once
+        even in the middle of an outage.
+        """
+        delays = backoff_delays()
+        started = time.monotonic()
+        while True:
+            try:
                 result: int = await step()
-        return result
+            except CheckpointMoved as exc:
+                # Not an outage: two projectors overlapped for a moment (a
+                # standby took over while the old leader's batch was open).
+                # The checkpoints' compare-and-set rolled this batch back, so
+                # nothing was lost or doubled; read again from the new checkpoint.
+                log.info("projector: %s; nothing lost, reading on from there", exc)
+                if await wait_or_stop(stop, 0.05):
+                    return 0
+                continue
+            except DatabaseUnavailable as exc:
+                if give_up_after is not None and time.monotonic() - started >= give_up_after:
+                    raise
+                delay = next(delays)
+                self._outage.failed(exc, retry_in=delay)
+                if await wait_or_stop(stop, delay):
+                    return 0
+                continue
+            self._outage.recovered()
+            return result
 
     async def status(self) -> list[ProjectionStatus]:
         """Each projection's checkpoint, how many events it has still to handle, failures."""
@@ -285,6 +317,7 @@ class Projector:
                         lag_events=int(lag[0]) if lag else 0,
                         oldest_unhandled=lag[1] if lag else None,
                         failures=int(failures[0]) if failures else 0,
+                        unreachable=int(lag[2]) if lag else 0,
                     )
                 )
         return out

@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ from tidings.notification.events import (
 )
 from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotifyUser, Request
 from tidings.workers.queue import Claimed
+from tidings.workers.recording import lease_deadline, while_leased
 
 log = logging.getLogger("tidings.workers")
 
@@ -105,12 +107,20 @@ class AttemptRunner:
         commit per bulk); a refused late outcome is taken out and the rest
         appended again.
         """
+        deadline = lease_deadline(
+            bulk, lease=self._settings.transaction_duration, clock=self._clock
+        )
+        keys = sorted({_user_key(c) for c in bulk})
         try:
-            users = await self._users(sorted({_user_key(c) for c in bulk}))
+            users = await while_leased(
+                lambda: self._users(keys), deadline=deadline, clock=self._clock
+            )
         except DatabaseUnavailable as exc:
             log.warning(
-                "cannot read the users of a bulk of %d (%s); they will be claimed again "
-                "when their lease runs out", len(bulk), exc,
+                "cannot read the users of a bulk of %d until its lease nearly ran out (%s); "
+                "nothing was sent, they will be claimed again when their lease runs out: %s",
+                len(bulk), exc, _describe_bulk(bulk),
+                extra={"notification_ids": [c.notification_id for c in bulk]},
             )  # fmt: skip
             outcomes = [Outcome("unrecorded", "database unavailable") for _ in bulk]
             if self._metrics is not None:
@@ -118,7 +128,7 @@ class AttemptRunner:
                     self._metrics.attempt("unrecorded", None, _message_type(claimed))
             return outcomes
         decided = await asyncio.gather(*(self._decide(c, users) for c in bulk))
-        recorded = await self._record(list(decided))
+        recorded = await self._record(list(decided), deadline)
         for d in decided:
             outcome = recorded[id(d)]
             self._log(d, outcome, time.monotonic() - d.started)
@@ -281,22 +291,26 @@ class AttemptRunner:
     def _event(self, claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:
         return notification_event(claimed, event_type, payload)
 
-    async def _record(self, decided: list[_Decided]) -> dict[int, Outcome]:
+    async def _record(self, decided: list[_Decided], deadline: datetime) -> dict[int, Outcome]:
         """Append the outcomes, a chunk at a time; the result by id() of each decision."""
         results: dict[int, Outcome] = {}
         for start in range(0, len(decided), _RECORD_CHUNK):
-            results.update(await self._record_chunk(decided[start : start + _RECORD_CHUNK]))
+            chunk = decided[start : start + _RECORD_CHUNK]
+            results.update(await self._record_chunk(chunk, deadline))
         return results
 
-    async def _record_chunk(self, chunk: list[_Decided]) -> dict[int, Outcome]:
+    async def _record_chunk(self, chunk: list[_Decided], deadline: datetime) -> dict[int, Outcome]:
         results: dict[int, Outcome] = {}
         waiting = [d for d in chunk if d.events]
-        waits = iter((0.1, 0.5, 2.0))
         while waiting:
             events = [e for d in waiting for e in d.events]
             owners = [d for d in waiting for _ in d.events]
             try:
-                await self._store.append(events)
+                # Through an outage for as long as the lease covers the attempts:
+                # given up, every message of the chunk would be sent again.
+                await while_leased(
+                    partial(self._store.append, events), deadline=deadline, clock=self._clock
+                )
             except ConcurrencyError as exc:
                 late = owners[exc.index] if exc.index is not None else waiting[0]
                 log.warning(
@@ -316,23 +330,18 @@ class AttemptRunner:
                 waiting.remove(late)
                 continue
             except DatabaseUnavailable as exc:
-                wait = next(waits, None)
-                if wait is not None:
-                    await asyncio.sleep(wait)
-                    continue
+                log.error(
+                    "gave up recording the outcomes of %d notifications as their lease nearly "
+                    "ran out (%s); each will be claimed again when its lease runs out, and a "
+                    "sent one sent again: %s",
+                    len(waiting), exc,
+                    "; ".join(f"{_describe(d.claimed)}: {d.outcome.result}" for d in waiting),
+                    extra={
+                        "notification_ids": [d.claimed.notification_id for d in waiting],
+                        "unrecorded_outcomes": [d.outcome.result for d in waiting],
+                    },
+                )  # fmt: skip
                 for d in waiting:
-                    log.error(
-                        "could not record the %s of notification %s (instance %s) attempt %s: "
-                        "%s; it will be claimed again when its lease runs out",
-                        d.outcome.result, d.claimed.notification_id, d.claimed.instance_id,
-                        d.claimed.attempt, exc,
-                        extra={
-                            "instance_id": d.claimed.instance_id,
-                            "notification_id": d.claimed.notification_id,
-                            "attempt": d.claimed.attempt,
-                            "unrecorded_outcome": d.outcome.result,
-                        },
-                    )  # fmt: skip
                     results[id(d)] = Outcome("unrecorded", d.outcome.result)
                 break
             for d in waiting:
@@ -370,6 +379,18 @@ class AttemptRunner:
             outcome.result, f" ({outcome.reason})" if outcome.reason else "", seconds * 1000,
             extra=fields,
         )  # fmt: skip
+
+
+def _describe(claimed: Claimed) -> str:
+    """Which notification, for a line about several: id, instance, attempt."""
+    return (
+        f"notification {claimed.notification_id} (instance {claimed.instance_id}, "
+        f"attempt {claimed.attempt})"
+    )
+
+
+def _describe_bulk(bulk: list[Claimed]) -> str:
+    return "; ".join(_describe(c) for c in bulk)
 
 
 def _first_error(exc: ValidationError) -> str:

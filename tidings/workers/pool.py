@@ -15,6 +15,7 @@ from tidings.clock import Clock
 from tidings.config import NotificationSettings
 from tidings.errors import TidingsError
 from tidings.eventstore import Database, DatabaseUnavailable, WakeUp, wakeups
+from tidings.eventstore.outage import Outage
 from tidings.metrics import Metrics
 from tidings.notification.events import RETRY_REQUESTED
 from tidings.notification.requests import REQUESTED
@@ -56,6 +57,18 @@ class WorkerPool:
         self.owner = owner or default_owner()
         self.queue = PendingQueue(pool=db.pool)
         self._outcomes: Counter[str] = Counter()
+        self._claims_outage = Outage(
+            f"worker pool {self.owner}",
+            retried="claiming is retried; nothing new is sent meanwhile",
+            logger=log,
+            fields={"owner": self.owner},
+        )
+        self.abandoned: list[Claimed] = []  # in flight when a shutdown ran out of time
+
+    @property
+    def unrecorded(self) -> int:
+        """Attempts of the last run whose outcome could not be recorded."""
+        return self._outcomes["unrecorded"] + len(self.abandoned)
 
     async def run(
         self,
@@ -88,6 +101,7 @@ class WorkerPool:
             self.owner, workers, retry_workers, self._settings.bulk_limit, extra=fields,
         )  # fmt: skip
         self._outcomes = Counter()
+        self.abandoned = []
         listener = asyncio.create_task(self._listen(wakes, until_idle))
         try:
             # A task group: should a worker ever die of a bug, the others are
@@ -132,13 +146,11 @@ class WorkerPool:
             try:
                 claimed = await self.claim(kind)
                 failures = 0
+                self._claims_outage.recovered()
             except DatabaseUnavailable as exc:
                 failures += 1
                 delay = min(0.2 * 2**failures, 10.0)
-                log.warning(
-                    "%s worker cannot claim (%s); trying again in %.1fs", kind, exc, delay,
-                    extra={"owner": self.owner, "kind": kind, "retry_in_seconds": delay},
-                )  # fmt: skip
+                self._claims_outage.failed(exc, retry_in=delay)  # logged once for all workers
                 await _wait(stop, delay)
                 continue
             if claimed:
@@ -179,7 +191,25 @@ class WorkerPool:
 
     async def process(self, claimed: list[Claimed]) -> list[Outcome]:
         """Send a claimed bulk concurrently; every outcome is recorded by its attempt."""
-        outcomes = await self._runner.run_bulk(claimed)
+        try:
+            outcomes = await self._runner.run_bulk(claimed)
+        except asyncio.CancelledError:  # a shutdown that ran out of time: say what is open
+            self.abandoned.extend(claimed)
+            log.error(
+                "stopped before the outcomes of %d notifications were recorded; each will be "
+                "claimed again when its lease runs out, and one already sent sent again: %s",
+                len(claimed),
+                "; ".join(
+                    f"notification {c.notification_id} (instance {c.instance_id}, "
+                    f"attempt {c.attempt})"
+                    for c in claimed
+                ),
+                extra={
+                    "owner": self.owner,
+                    "notification_ids": [c.notification_id for c in claimed],
+                },
+            )
+            raise
         self._outcomes.update(outcome.result for outcome in outcomes)
         return outcomes
 
@@ -195,7 +225,7 @@ class WorkerPool:
         timeout = min(
             self._settings.requeue_every, self._settings.retry_requeue_every
         ).total_seconds()
-        async for woke in wakeups(self._db.conninfo, timeout=max(timeout, 0.1)):
+        async for woke in wakeups(self._db.conninfo, timeout=max(timeout, 0.1), who="workers"):
             if woke is None:
                 continue
             for kind in _kinds_woken(woke, until_idle):

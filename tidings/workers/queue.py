@@ -31,6 +31,7 @@ class Claimed:
     notify_user: Any
     backoff: str | None
     last_error: str | None
+    leased_until: datetime | None = None  # by the workers' clock; None: not from the queue
 
     @property
     def attempt(self) -> int:

@@ -28,6 +28,18 @@ SELECT (SELECT coalesce(max(position), 0) FROM tidings.events) AS last_position,
        (SELECT count(*) FROM tidings.pending_notifications) AS pending_rows,
        (SELECT count(*) FROM tidings.users) AS users;
 
+-- name: unreachable_events
+-- position-reachable: the store gives an event the position (writing
+-- transaction id << 16) + index; a transaction id at or past the snapshot's
+-- xmax had not started when the audit began, so an event there was not
+-- written by the store, and the ordered reader (which reads below the oldest
+-- running transaction) cannot reach it until the ids get there.
+SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.position,
+       e.event_type, pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_tx
+FROM tidings.events e
+WHERE e.position >= (pg_snapshot_xmax(pg_current_snapshot())::text::bigint << 16)
+ORDER BY e.position;
+
 -- name: requests_without_source
 -- source-exists: a request names its source event; that event must be in the
 -- log, in the notification's instance, with the event type the request says.

@@ -39,8 +39,13 @@ LIMIT %(limit)s;
 SELECT count(*) FROM tidings.projection_failures WHERE name = %(name)s;
 
 -- name: lag_of
--- Events of the projection's types that it has not handled yet.
-SELECT count(*), min(created_at)
+-- Events of the projection's types that it has not handled yet; the last
+-- column counts those at positions the store has not handed out (a
+-- transaction id that has not started: written by hand), which the ordered
+-- reader cannot reach, so the lag cannot clear.
+SELECT count(*), min(created_at),
+       count(*) FILTER (
+           WHERE position >= (pg_snapshot_xmax(pg_current_snapshot())::text::bigint << 16))
 FROM tidings.events
 WHERE position > %(position)s AND event_type = ANY(%(event_types)s);
 

@@ -61,7 +61,7 @@ SET leased_until = %(lease_until)s, lease_owner = %(owner)s, claims = p.claims +
 FROM chosen
 WHERE p.instance_id = chosen.instance_id AND p.notification_id = chosen.notification_id
 RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.requested_at,
-          p.due_at, p.claims, p.request, p.notify_user, p.backoff, p.last_error;
+          p.due_at, p.claims, p.request, p.notify_user, p.backoff, p.last_error, p.leased_until;
 
 -- name: has_pending
 SELECT EXISTS (SELECT 1 FROM tidings.pending_notifications WHERE kind = ANY(%(kinds)s));
