@@ -22,13 +22,13 @@ worker runs idle in a child, this process enqueues one job at a time at a
 steady rate, and latency = the job's start (the no-op entrypoint's or channel's
 call) minus the enqueue's commit.
 
-With --baseline PATH (a checkout of tidings, e.g. `git worktree add /tmp/base
-main`), the tidings contenders run a second time from that checkout, in the
-same alternation: before/after figures from one run.
+With --baseline PATH (a checkout of tidings, e.g. `git worktree add /tmp/before
+main`; repeatable), the tidings contenders run again from that checkout, labelled
+by its folder's name, in the same alternation: before/after figures from one run.
 
     .venv/bin/python bench/peers.py                    # 10,000 jobs, 3 runs, ~5 minutes
     .venv/bin/python bench/peers.py --jobs 3000 --runs 1 --rate 100 --seconds 5   # quick
-    .venv/bin/python bench/peers.py --baseline /tmp/base
+    .venv/bin/python bench/peers.py --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -500,17 +500,17 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
         ("tidings", describe_fingerprint(product_fingerprint())),
         ("peer", f"pgqueuer {_version('pgqueuer')} on asyncpg {_version('asyncpg')}"),
     ]  # fmt: skip
-    if args.baseline:
-        details.append(("baseline", f"tidings from {args.baseline}"))
+    for checkout in args.baseline:
+        details.append((checkout.name, f"tidings from {checkout}"))
     for key, value in details:
         print(f"  {key:<11} {value}")
     contenders = [Contender("pgqueuer", "pgqueuer")]
     for bulk in args.bulks:
         contenders.append(Contender(f"tidings bulk {bulk}", "tidings", bulk))
-    if args.baseline:
+    for checkout in args.baseline:
         for bulk in args.bulks:
             contenders.append(
-                Contender(f"baseline bulk {bulk}", "tidings", bulk, str(args.baseline))
+                Contender(f"{checkout.name} bulk {bulk}", "tidings", bulk, str(checkout))
             )
     results = {c.label: Figures() for c in contenders}
     print(
@@ -552,7 +552,13 @@ def main() -> None:
     parser.add_argument("--bulks", default="10,100", help="tidings bulk limits, comma-separated")
     parser.add_argument("--rate", type=float, default=100.0, help="latency: jobs per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency: seconds measured")
-    parser.add_argument("--baseline", type=Path, help="another tidings checkout to compare with")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another tidings checkout to compare with, labelled by its folder's name (repeatable)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -561,8 +567,9 @@ def main() -> None:
         child = child_pgqueuer if args.child == "pgqueuer" else child_tidings
         asyncio.run(child(json.loads(args.child_opts)))
         return
-    if args.baseline and not (args.baseline / "tidings" / "__init__.py").exists():
-        raise SystemExit(f"--baseline {args.baseline}: no tidings package there")
+    for checkout in args.baseline:
+        if not (checkout / "tidings" / "__init__.py").exists():
+            raise SystemExit(f"--baseline {checkout}: no tidings package there")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pgserver warns at import when XDG_RUNTIME_DIR is unset
         from pgserver.postgres_server import get_server

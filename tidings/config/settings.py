@@ -73,7 +73,7 @@ class DatabaseSettings(_Section):
 
 
 class NotificationSettings(_Section):
-    processes: int = Field(default=0, ge=0)  # 0: one per usable core
+    processes: int = Field(default=1, ge=0)  # 0: one per usable core
     workers: int = Field(default=1, ge=0)
     bulk_limit: int = Field(default=10, ge=1)
     requeue_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
