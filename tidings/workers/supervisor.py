@@ -93,9 +93,6 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.send_signal(signal.SIGTERM)
 
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self._slots if s.process is not None and _alive(s)]
-
     async def run(self) -> int:
         try:
             codes = await asyncio.gather(*(self._keep(slot) for slot in self._slots))
