@@ -90,6 +90,13 @@ async def test_a_killed_child_is_restarted_and_sigterm_ends_them_all(
 
         await wait_for(all_sent, "5 notifications sent")
 
+        async def replacement_working() -> bool:  # its pool runs (owner host:pid:...)
+            return (
+                re.search(rf"worker pool \S+:{replacement}:\S+: \d+ request", sup.stderr())
+                is not None
+            )
+
+        await wait_for(replacement_working, "the restarted process's worker pool")
         assert sup.stop() == 0, sup.stderr()[-3000:]
     log = sup.stderr()
     for pid in (replacement, other):
@@ -123,3 +130,19 @@ def test_until_idle_refuses_several_processes(conninfo: str, tmp_path: Path) -> 
     result = tidings("run", "--until-idle", "--processes", "2", env=env_for(conninfo, tmp_path))
     assert result.returncode == 1
     assert "--until-idle runs in one process" in result.stderr
+
+
+async def test_sigterm_while_the_children_start_is_a_clean_stop(
+    db: Database, conninfo: str, tmp_path: Path
+) -> None:
+    with running(["run", "--processes", "2"], env_for(conninfo, tmp_path), tmp_path / "sup") as sup:
+
+        async def both_started() -> bool:
+            return len(children(sup)) == 2
+
+        await wait_for(both_started, "two worker processes")
+        # At once: the children are still importing, before they handle SIGTERM.
+        assert sup.stop() == 0, sup.stderr()[-3000:]
+    log = sup.stderr()
+    assert log.count("ended with exit code 0") == 2, log[-3000:]
+    assert "restarting" not in log

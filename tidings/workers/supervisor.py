@@ -105,6 +105,10 @@ class Supervisor:
         while True:
             process = await self._start(slot)
             code = await process.wait()
+            if code == -signal.SIGTERM and self._stopping.is_set():
+                # Our SIGTERM reached it before it could handle one, i.e. before it
+                # claimed anything: a clean stop.
+                code = 0
             if code == 0 or self._stopping.is_set():
                 self._ended(slot, code)
                 return code
