@@ -22,6 +22,10 @@ worker runs idle in a child, this process enqueues one job at a time at a
 steady rate, and latency = the job's start (the no-op entrypoint's or channel's
 call) minus the enqueue's commit.
 
+With --processes 1,2, the real command `tidings run --processes N` (one
+request worker per process, bulk 100, the log channel) drains the same queue
+for each N, alternating: the scaling from more processes on this machine.
+
 With --baseline PATH (a checkout of tidings, e.g. `git worktree add /tmp/before
 main`; repeatable), the tidings contenders run again from that checkout, labelled
 by its folder's name, in the same alternation: before/after figures from one run.
@@ -29,6 +33,7 @@ by its folder's name, in the same alternation: before/after figures from one run
     .venv/bin/python bench/peers.py                    # 10,000 jobs, 3 runs, ~5 minutes
     .venv/bin/python bench/peers.py --jobs 3000 --runs 1 --rate 100 --seconds 5   # quick
     .venv/bin/python bench/peers.py --baseline /tmp/before
+    .venv/bin/python bench/peers.py --processes 1,2     # and `tidings run --processes N`
 """
 
 from __future__ import annotations
@@ -535,6 +540,83 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
                 server, c, f"peers_lat_{run}", args.rate, args.seconds, results[c.label]
             )
     print_table(contenders, results, args.runs)
+    if args.processes:
+        print(
+            f"\nprocesses: `tidings run --processes N --workers 1 --retry-workers 0`, bulk 100, "
+            f"log channel, {args.jobs:,} requests queued first, time until all are sent",
+            flush=True,
+        )
+        rates: dict[int, list[float]] = {n: [] for n in args.processes}
+        for run in range(args.runs):
+            order = args.processes if run % 2 == 0 else args.processes[::-1]
+            for n in order:
+                rates[n].append(await processes_run(server, n, args.jobs, f"peers_procs_{run}"))
+        one = median(rates[args.processes[0]])
+        for n in args.processes:
+            print(
+                f"  median --processes {n:<3} {median(rates[n]):>8,.0f}/s "
+                f"({median(rates[n]) / one:.2f}x --processes {args.processes[0]})"
+            )
+
+
+async def processes_run(server: Server, processes: int, jobs: int, name: str) -> float:
+    """`tidings run --processes N` (the real command) draining `jobs` requests: jobs/s."""
+    import psycopg
+    from workers import CRYPTO, INSTANCES, USERS, bench_settings, request_events, user_added
+
+    from tidings.config import DatabaseSettings
+    from tidings.eventstore import migrate, open_database
+    from tidings.service import Service
+
+    url = await server.create(name)
+    try:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            await migrate(conn)
+        async with open_database(DatabaseSettings(url=url)) as db:
+            users = [
+                user_added(f"user-{u}", instance_id=f"inst-{u % INSTANCES}") for u in range(USERS)
+            ]
+            await db.store.append(users)
+            await Service(db=db, settings=bench_settings(url)).projector.catch_up()
+            events = request_events(jobs)
+            for start in range(0, jobs, ENQUEUE_BATCH):
+                await db.store.append(events[start : start + ENQUEUE_BATCH])
+        key = CRYPTO.keys["k1"].get_secret_value()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+        env.update(
+            TIDINGS_DATABASE_URL=url,
+            TIDINGS_CRYPTO_KEYS=f"k1={key}",
+            TIDINGS_CHANNELS_EMAIL="log",
+            TIDINGS_CHANNELS_SMS="log",
+            TIDINGS_NOTIFICATIONS_BULK_LIMIT="100",
+        )
+        argv = [sys.executable, "-m", "tidings", "--log-level", "warning", "run"]
+        argv += ["--processes", str(processes), "--workers", "1", "--retry-workers", "0"]
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
+            started = time.perf_counter()
+            try:
+                while True:
+                    cur = await conn.execute(
+                        "SELECT count(*) FROM tidings.events WHERE event_type = 'notification.sent'"
+                    )
+                    row = await cur.fetchone()
+                    if row is not None and row[0] >= jobs:
+                        break
+                    if time.perf_counter() - started > 60 + jobs / 20:
+                        raise SystemExit(f"--processes {processes}: {row} of {jobs} sent in time")
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - started
+            finally:
+                proc.terminate()
+                await proc.wait()
+    finally:
+        await server.drop(name)
+    rate = jobs / elapsed
+    print(f"  tidings run --processes {processes:<3} {rate:>8,.0f}/s", flush=True)
+    return rate
 
 
 def _version(package: str) -> str:
@@ -559,10 +641,16 @@ def main() -> None:
         default=[],
         help="another tidings checkout to compare with, labelled by its folder's name (repeatable)",
     )
+    parser.add_argument(
+        "--processes",
+        default="",
+        help="also time `tidings run --processes N` for these N, e.g. 1,2 (off by default)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.bulks = [int(b) for b in args.bulks.split(",") if b]
+    args.processes = [int(n) for n in args.processes.split(",") if n]
     if args.child:
         child = child_pgqueuer if args.child == "pgqueuer" else child_tidings
         asyncio.run(child(json.loads(args.child_opts)))
