@@ -40,7 +40,7 @@ def setup() -> None:
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
     sh(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    sh(BIN / "python", "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test,dev]")
+    sh(BIN / "python", "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test,dev,bench]")
     STAMP.write_text(wanted)
 
 

@@ -227,3 +227,30 @@ def test_the_code_appears_only_in_the_rendered_message(caplog: pytest.LogCapture
     assert "SECRET42" not in message.describe()
     assert "SECRET42" not in repr(message.notification_id)
     assert "SECRET42" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Reset password",
+        "two lines\nand a final newline\n",
+        "two final newlines\n\n",
+        "windows\r\nline ends\r\n",
+        "a {{ product }} tag",
+        "{% if true %}block{% endif %}\n",
+        "a {# comment #} here",
+        "<b>html & co</b>",
+    ],
+)
+def test_a_text_renders_as_jinja_renders_it_with_or_without_tags(text: str) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from tidings.notification.rendering import Renderer, Source, TextCatalog
+
+    renderer = Renderer(catalog=TextCatalog(override_dir=None))
+    for autoescape in (False, True):
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=autoescape)
+        expected = env.from_string(text).render(product="Tidings")
+        mine = renderer._html if autoescape else renderer._plain
+        assert renderer._render(mine, Source(text, "t", 1), {"product": "Tidings"}, "x") == expected

@@ -116,6 +116,8 @@ def test_allowed_schemes_are_a_setting() -> None:
             "the loops go over 100000 steps in one rendering",
         ),
         ("{{ 9 ** 999999 }}", "the exponent 999999 is over 64"),
+        # A text without a tag skips Jinja, not the limit.
+        ("A" * 70000, "the output is over 65536 bytes (templates.max_field_bytes)"),
     ],
 )
 def test_rendering_has_limits_named_with_file_and_line(tmp_path: Path, body: str, why: str) -> None:

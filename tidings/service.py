@@ -13,7 +13,7 @@ from typing import Any
 from tidings.clock import Clock, utc_now
 from tidings.config import Settings
 from tidings.config.durations import format_duration
-from tidings.eventstore import Database
+from tidings.eventstore import Database, single_statement
 from tidings.eventstore.errors import translated_errors
 from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff, Uniform
@@ -70,7 +70,7 @@ class Service:
     async def users(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NotifyUser]:
         """The users read model's answer for a bulk, for the workers."""
         with translated_errors():
-            async with self._db.pool.connection() as conn:
+            async with single_statement(self._db.pool) as conn:  # one SELECT
                 return await notify_users(conn, keys)
 
     def leader(self) -> LeaderLock:

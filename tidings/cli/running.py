@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from datetime import UTC
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tidings.cli.base import (
     settings_of,
     stop_on_signals,
 )
+from tidings.config import Settings
 from tidings.eventstore import (
     Database,
     EventQuery,
@@ -27,6 +31,7 @@ from tidings.eventstore import (
 from tidings.metrics import Metrics
 from tidings.service import Service
 from tidings.workers.history import Step, describe, history
+from tidings.workers.supervisor import Supervisor, usable_cores
 
 
 @main.command("run")
@@ -36,8 +41,17 @@ from tidings.workers.history import Step, describe, history
 )
 @click.option("--no-projector", is_flag=True, help="Run only the workers, no projector.")
 @click.option(
-    "--until-idle", is_flag=True, help="Exit 0 once nothing is pending or due (batch runs)."
+    "--until-idle",
+    is_flag=True,
+    help="Exit 0 once nothing is pending or due (batch runs; one process).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="Worker processes under one supervisor (default: notifications.processes; "
+    "0 there: one per usable core).",
+)
+@click.option("--child-number", type=click.IntRange(min=1), hidden=True)
 @metrics_addr_option
 @click.pass_context
 def run_command(
@@ -46,6 +60,8 @@ def run_command(
     retry_workers: int | None,
     no_projector: bool,
     until_idle: bool,
+    processes: int | None,
+    child_number: int | None,
     metrics_addr: str | None,
 ) -> None:
     """Run the projector and the worker pool.
@@ -56,9 +72,17 @@ def run_command(
       tidings run --workers 0 --retry-workers 2 --no-projector
     SIGTERM or SIGINT stops claiming, finishes the attempts in flight,
     records their outcomes, and exits 0.
-    With --metrics-addr, /metrics, /healthz and /readyz are served there.
+    With --processes N (or notifications.processes), N such processes run under
+    one supervisor that restarts a dying one and forwards SIGTERM to all.
+    With --metrics-addr, /metrics, /healthz and /readyz are served there
+    (process k of N on the port + k - 1).
     """
     settings = settings_of(ctx)
+    if until_idle and processes is not None and processes > 1:
+        fail("--until-idle runs in one process: leave out --processes")
+    count = processes or settings.notifications.processes or usable_cores()
+    if child_number is None and not until_idle and count > 1:
+        sys.exit(supervise(settings, count, metrics_address(settings, metrics_addr)))
     counts = (
         settings.notifications.workers if workers is None else workers,
         settings.notifications.retry_workers if retry_workers is None else retry_workers,
@@ -90,6 +114,33 @@ def run_command(
                 await service.close()
 
     run(go())
+
+
+def supervise(settings: Settings, processes: int, address: tuple[str, int] | None) -> int:
+    """Run `processes` children of this same command line; their exit code."""
+
+    async def go() -> int:
+        # Opened here first: a database that cannot be reached fails the command at
+        # once, and an embedded server stays up for the children and their restarts.
+        async with open_database(settings.database) as db:
+            env = dict(os.environ)
+            if settings.database.url is None:
+                env["TIDINGS_DATABASE_URL"] = db.conninfo
+
+            def command(number: int) -> list[str]:
+                argv = [sys.executable, "-m", "tidings", *sys.argv[1:]]
+                argv += ["--child-number", str(number)]
+                if address is not None:
+                    argv += ["--metrics-addr", f"{address[0]}:{address[1] + number - 1}"]
+                return argv
+
+            supervisor = Supervisor(processes=processes, command=command, env=env)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, supervisor.stop)
+            return await supervisor.run()
+
+    return run(go())
 
 
 async def print_outcomes(db: Database, after: int, outbox: Path) -> None:

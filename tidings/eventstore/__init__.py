@@ -22,7 +22,7 @@ from tidings.eventstore.models import (
     StoredEvent,
     WakeUp,
 )
-from tidings.eventstore.store import EventStore
+from tidings.eventstore.store import EventStore, single_statement
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -45,5 +45,6 @@ __all__ = [
     "latest_version",
     "migrate",
     "open_database",
+    "single_statement",
     "wakeups",
 ]

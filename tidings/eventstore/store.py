@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -22,6 +23,25 @@ from tidings.eventstore.models import (
 from tidings.eventstore.sql import query
 
 Connection = AsyncConnection[Any]
+
+
+@asynccontextmanager
+async def single_statement(pool: AsyncConnectionPool[Any]) -> AsyncIterator[Connection]:
+    """A pooled connection in autocommit, for ONE statement that is atomic on its own.
+
+    A statement outside a transaction block is its own transaction: the same
+    all-or-nothing as BEGIN; statement; COMMIT, without those two extra round
+    trips (on the workers' hot path, claim, user lookup and append, they cost
+    more than the statements themselves). Never use it for two statements that
+    must commit together. The connection goes back to the pool as it came.
+    """
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            if not conn.closed:
+                await conn.set_autocommit(False)
 
 
 class EventStore:
@@ -148,7 +168,7 @@ class EventStore:
         """Run in the caller's transaction when given one, else on a pooled connection."""
         if conn is not None:
             return await _fetch(conn, statement, params)
-        async with self._pool.connection() as own:
+        async with single_statement(self._pool) as own:  # every statement here is one
             return await _fetch(own, statement, params)
 
     async def horizon(self) -> int:

@@ -9,8 +9,13 @@ from urllib.parse import quote, quote_plus
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
 from tidings.notification.errors import CodeError, RenderError
 from tidings.notification.recipients import email_recipient, sms_recipient
-from tidings.notification.rendering import Renderer, choose_language, humanize
+from tidings.notification.rendering import TEXT_FIELDS, Renderer, choose_language, humanize
 from tidings.notification.requests import NotifyUser, Request
+
+# The text fields each channel's message is made of (an email's layout gets
+# every one of its fields); the others are not rendered.
+EMAIL_FIELDS = frozenset(f for f in TEXT_FIELDS if f != "sms")
+SMS_FIELDS = frozenset({"sms"})
 
 
 class Decrypter(Protocol):
@@ -66,6 +71,7 @@ class MessageComposer:
             lang=lang,
             message_type=request.message_type,
             variables=variables,
+            only=EMAIL_FIELDS if request.channel == "email" else SMS_FIELDS,
         )
         content: EmailContent | SMSContent
         if request.channel == "email":

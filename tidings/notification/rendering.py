@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -264,9 +264,19 @@ class Renderer:
         self._compiled: dict[tuple[int, str], Template] = {}
 
     def texts(
-        self, *, instance_id: str, lang: str, message_type: str, variables: Mapping[str, Any]
+        self,
+        *,
+        instance_id: str,
+        lang: str,
+        message_type: str,
+        variables: Mapping[str, Any],
+        only: Collection[str] | None = None,
     ) -> dict[str, str]:
-        """Every text field of the message, rendered."""
+        """Every text field of the message (or those in `only`), rendered.
+
+        All fields must exist whichever are rendered: a text missing for one
+        channel is an error for every channel.
+        """
         sources = self.catalog.texts(instance_id, lang, message_type)
         missing = [f for f in TEXT_FIELDS if f not in sources]
         if missing:
@@ -277,6 +287,7 @@ class Renderer:
         return {
             name: self._render(self._plain, source, variables, f"{message_type}.{name}")
             for name, source in sources.items()
+            if only is None or name in only
         }
 
     def layout(self, *, instance_id: str, kind: str, variables: Mapping[str, Any]) -> str:
@@ -312,6 +323,17 @@ class Renderer:
         label: str,
     ) -> str:
         """Render one template, or raise RenderError naming its file and line."""
+        if _is_literal(source.text):
+            # No tag, no comment: Jinja would give the text back (less one final
+            # newline), so it is not compiled or rendered at all.
+            text = source.text.removesuffix("\n")
+            if len(text.encode()) > self.limits.max_field_bytes:
+                too_much = _TooMuch(
+                    f"the output is over {self.limits.max_field_bytes} bytes "
+                    "(templates.max_field_bytes)"
+                )
+                raise _render_error(source, label, too_much) from None
+            return text
         key = (id(env), source.text)
         template = self._compiled.get(key)
         if template is None:
@@ -345,6 +367,11 @@ class Renderer:
                 )
             parts.append(chunk)
         return "".join(parts)
+
+
+def _is_literal(text: str) -> bool:
+    """Text Jinja renders as itself: no `{` to open a tag, no `\\r` to normalize."""
+    return "{" not in text and "\r" not in text
 
 
 def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> Template:

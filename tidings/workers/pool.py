@@ -143,6 +143,10 @@ class WorkerPool:
         ).total_seconds()
         failures = 0
         while not stop.is_set():
+            # Cleared before looking, not after: a wake-up that comes while this
+            # worker claims or checks the queue makes the wait below return at
+            # once instead of being lost until the next poll.
+            wake.clear()
             try:
                 claimed = await self.claim(kind)
                 failures = 0
@@ -163,7 +167,6 @@ class WorkerPool:
             except TidingsError as exc:  # the idle path must never take a worker down
                 log.warning("%s worker's idle check failed (%s); polling again", kind, exc)
                 wait = interval
-            wake.clear()
             await _wait(stop, wait, wake)
 
     async def claim(self, kind: Kind) -> list[Claimed]:

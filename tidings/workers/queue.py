@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.eventstore.errors import translated_errors
+from tidings.eventstore.store import single_statement
 from tidings.workers.sql import query
 
 Kind = Literal["request", "retry"]
@@ -62,14 +63,17 @@ class PendingQueue:
             "active_since": active_since,
         }
         with translated_errors():
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            async with (
+                single_statement(self._pool) as conn,
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
                 await cur.execute(query("claim_due"), params)
                 rows = await cur.fetchall()
         return [Claimed(**row) for row in rows]
 
     async def has_pending(self, kinds: tuple[Kind, ...]) -> bool:
         with translated_errors():
-            async with self._pool.connection() as conn:
+            async with single_statement(self._pool) as conn:
                 cur = await conn.execute(query("has_pending"), {"kinds": list(kinds)})
                 row = await cur.fetchone()
         return bool(row and row[0])
@@ -77,7 +81,7 @@ class PendingQueue:
     async def next_due(self, kinds: tuple[Kind, ...]) -> datetime | None:
         """When the earliest pending notification of these kinds becomes claimable."""
         with translated_errors():
-            async with self._pool.connection() as conn:
+            async with single_statement(self._pool) as conn:
                 cur = await conn.execute(query("next_due"), {"kinds": list(kinds)})
                 row = await cur.fetchone()
         return row[0] if row else None
