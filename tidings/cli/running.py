@@ -26,7 +26,7 @@ from tidings.eventstore import (
 )
 from tidings.metrics import Metrics
 from tidings.service import Service
-from tidings.workers.history import Step, describe, history
+from tidings.views.history import Step, describe, history
 
 
 @main.command("run")

@@ -7,25 +7,28 @@ follows either. Payloads are versioned by their event type.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.config.durations import Duration
 from tidings.notification.requests import REQUESTED, NotificationRequested, NotifyUser, Request
+from tidings.notification.wire import Duration
 
 RETRY_REQUESTED = "notification.retry.requested"
 SENT = "notification.sent"
 CANCELED = "notification.canceled"
 SETTLED = (SENT, CANCELED)
 
-CancelReason = Literal[
-    "max_attempts",  # the last allowed attempt failed
-    "expired",  # picked up after max_ttl
-    "permanent_error",  # the channel or the message can never work as requested
-    "user_removed",  # the user was removed (or never known) before the message went out
-    "invalid_request",  # the request in the log cannot be read
-]
+
+class CancelReason(StrEnum):
+    """Why a notification was canceled (notification.canceled's `reason`)."""
+
+    MAX_ATTEMPTS = "max_attempts"  # the last allowed attempt failed
+    EXPIRED = "expired"  # picked up after max_ttl
+    PERMANENT_ERROR = "permanent_error"  # the channel or the message can never work
+    USER_REMOVED = "user_removed"  # the user was removed (or never known) before sending
+    INVALID_REQUEST = "invalid_request"  # the request in the log cannot be read
 
 
 class _Frozen(BaseModel):

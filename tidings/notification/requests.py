@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.config.durations import Duration
 from tidings.notification.messages import Channel, MessageType
+from tidings.notification.wire import Duration
 
 NOTIFICATION_AGGREGATE = "notification"
 REQUESTED = "notification.requested"
