@@ -84,7 +84,7 @@ def test_registry_per_instance_choice(tmp_path: Path) -> None:
     settings = ChannelSettings(
         email="filesystem", sms="log", instances={"acme": ChannelChoice(email="log")}
     )
-    registry = ChannelRegistry(settings=settings, outbox=tmp_path)
+    registry = ChannelRegistry(settings=settings, data_folder=tmp_path)
     assert registry.channel_for("acme", "email").name == "log"
     assert registry.channel_for("globex", "email").name == "filesystem"
     assert registry.channel_for("globex", "sms").name == "log"

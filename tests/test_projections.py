@@ -13,6 +13,7 @@ import pytest
 from tests.projection_helpers import (
     CODE,
     FixedClock,
+    all_users,
     code_event,
     make_projector,
     requests_of,
@@ -23,7 +24,7 @@ from tests.projection_helpers import (
 from tidings.eventstore import Database, StoredEvent
 from tidings.notification.requests import notification_id
 from tidings.notification.sources import MESSAGE_SOURCES
-from tidings.projections import all_users, notify_user
+from tidings.projections import notify_user
 from tidings.projections.base import Connection
 
 # (source event type, expected message type, expected channel, builder kwargs)

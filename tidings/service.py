@@ -61,7 +61,7 @@ class Service:
 
     @property
     def outbox(self) -> Path:
-        return self._settings.channels.filesystem.outbox(self._settings.database.default_outbox())
+        return self._settings.channels.filesystem.outbox(self._settings.database.data_folder())
 
     async def users(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NotifyUser]:
         """The users read model's answer for a bulk, for the workers."""

@@ -10,8 +10,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from tidings.models import FrozenModel
 from tidings.notification.requests import REQUESTED, NotificationRequested, NotifyUser, Request
 from tidings.notification.wire import Duration
 
@@ -31,11 +32,7 @@ class CancelReason(StrEnum):
     INVALID_REQUEST = "invalid_request"  # the request in the log cannot be read
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RetryRequested(_Frozen):
+class RetryRequested(FrozenModel):
     """Attempt `attempt` failed transiently; the next one is due at `due_at`."""
 
     request: Request
@@ -46,19 +43,19 @@ class RetryRequested(_Frozen):
     due_at: datetime
 
 
-class Sent(_Frozen):
+class Sent(FrozenModel):
     channel: str
     provider_message_id: str
     attempt: int = Field(ge=1)
 
 
-class Canceled(_Frozen):
+class Canceled(FrozenModel):
     reason: CancelReason
     error: str
     attempt: int = Field(ge=0)  # attempts made; 0 when canceled before the first
 
 
-class SourceSent(_Frozen):
+class SourceSent(FrozenModel):
     """Appended on the source aggregate (e.g. user.human.password.code.sent)."""
 
     notification_id: str
