@@ -213,7 +213,7 @@ async def test_plain_delivery(smtp_server: StartServer) -> None:
     assert provider_id == mail["Message-ID"]
 
 
-async def test_message_id_is_stable_per_attempt(smtp_server: StartServer) -> None:
+async def test_message_id_is_the_same_for_every_attempt(smtp_server: StartServer) -> None:
     handler = Recorder()
     settings = settings_for(smtp_server(handler).port)
 
@@ -221,7 +221,7 @@ async def test_message_id_is_stable_per_attempt(smtp_server: StartServer) -> Non
     again = await send(settings, outgoing(attempt=1))
     next_attempt = await send(settings, outgoing(attempt=2))
 
-    assert first == again != next_attempt
+    assert first == again == next_attempt
     assert [r.parsed()["Message-ID"] for r in handler.received] == [first, again, next_attempt]
 
 
@@ -461,3 +461,41 @@ async def test_password_never_logged(
         assert wrong not in logged
     assert PASSWORD not in caplog.text
     assert wrong not in caplog.text
+
+
+class Scripted(Recorder):
+    """Answers each DATA as scripted: "hang" takes the whole message and says nothing
+    (for longer than the client waits), a reply code refuses it, None accepts it.
+    Every message it took in is recorded, answered or not."""
+
+    def __init__(self, *script: str | None) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), content))
+        reply = self.script.pop(0) if self.script else None
+        if reply == "hang":
+            await asyncio.sleep(3)  # past the client's 1 s timeout; the test goes on without it
+            return "250 2.0.0 Ok: queued late"
+        return reply or "250 2.0.0 Ok: queued"
+
+
+@pytest.mark.parametrize(
+    "first", ["451 4.3.0 Try again later", "hang"], ids=["refused-451", "answer-lost"]
+)
+async def test_a_retry_carries_the_same_message_id(smtp_server: StartServer, first: str) -> None:
+    """Attempt 1 refused (451) or taken but never answered (the final 250 lost), attempt 2
+    accepted: both carry one Message-ID, so a receiver that drops a repeated Message-ID
+    shows the user one message."""
+    handler = Scripted(first)
+    settings = settings_for(smtp_server(handler).port, timeout=timedelta(seconds=1))
+
+    with pytest.raises(TransientSendError):
+        await send(settings, outgoing(attempt=1))
+    accepted = await send(settings, outgoing(attempt=2))
+
+    ids = [r.parsed()["Message-ID"] for r in handler.received]
+    assert ids == [accepted, accepted]
+    assert len(set(ids)) == 1, "a receiver dropping repeated ids keeps one message"

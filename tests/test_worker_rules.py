@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.http_peer import HttpPeer, Reply, serve_http
@@ -28,6 +29,7 @@ from tests.worker_helpers import (
 from tidings.config import Settings
 from tidings.eventstore import Database, EventQuery, NewEvent
 from tidings.notification.events import Canceled, RetryRequested, Sent
+from tidings.notification.requests import SourceRef
 from tidings.service import Service
 from tidings.workers import Outcome
 
@@ -50,6 +52,18 @@ async def harness(db: Database, peer: HttpPeer) -> AsyncIterator[Callable[..., H
     yield make
     for h in made:
         await h.close()
+
+
+def source_ref(user_id: str, position: int, *, created_at: datetime | None = None) -> SourceRef:
+    """The source event of a request: a password code added at `position` of the log."""
+    return SourceRef(
+        aggregate_type="user",
+        aggregate_id=user_id,
+        sequence=1,
+        event_type="user.human.password.code.added",
+        position=position,
+        created_at=created_at or datetime.now(UTC),
+    )
 
 
 class Harness:
@@ -103,7 +117,7 @@ async def test_sent_records_the_outcome_and_the_source_sent_event(
     assert body["notification_id"] == "n-1" and body["attempt"] == 1
     assert body["to"]["address"] == "user-ada@example.com"
     assert "482913" in body["content"]["text"], "the decrypted code is in the message"
-    assert delivery.headers["webhook-id"] == "n-1-1"
+    assert delivery.headers["webhook-id"] == "n-1"
 
     events = await h.events("n-1")
     assert [t for t, _ in events] == ["notification.requested", "notification.sent"]
@@ -220,10 +234,81 @@ async def test_removed_or_unknown_users_cancel(
     )  # fmt: skip
     await users_projected(db, h.settings)
     outcomes = await h.round()
-    assert sorted(o.reason or "" for o in outcomes) == ["user_removed", "user_removed"]
+    assert sorted(o.reason or "" for o in outcomes) == ["user_removed", "user_unknown"]
     assert peer.requests == []
     ghost = Canceled.model_validate((await h.events("n-ghost"))[-1][1])
-    assert "not in the users read model" in ghost.error
+    assert ghost.reason == "user_unknown" and "not in the users read model" in ghost.error
+    bob = Canceled.model_validate((await h.events("n-bob"))[-1][1])
+    assert bob.reason == "user_removed"
+
+
+async def test_a_user_the_users_model_has_not_read_yet_is_waited_for(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness], conninfo: str
+) -> None:
+    """The request's source event lies beyond the users projection's checkpoint: the
+    worker puts the notification off (no attempt, no event), and sends it once the
+    model has the user. It was canceled as user_removed at once before."""
+    h = harness()
+    await h.setup()
+    await db.store.append([user_added("user-late")])  # not projected yet
+    source_position = await db.store.last_position()
+    await db.store.append(
+        [requested("n-late", user_id="user-late", source=source_ref("user-late", source_position))]
+    )
+    outcomes = await h.round()
+    assert [o.result for o in outcomes] == ["wait"]
+    assert "not in the users read model yet" in (outcomes[0].reason or "")
+    assert [t for t, _ in await h.events("n-late")] == ["notification.requested"]
+    (row,) = await h.pending()
+    assert (row["kind"], row["attempts"]) == ("request", 0)
+    assert peer.requests == []
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        cur = await conn.execute("SELECT leased_until, claims FROM tidings.pending_notifications")
+        ((leased_until, claims),) = await cur.fetchall()
+    assert leased_until == h.clock.now + timedelta(seconds=1), "put off for a second only"
+    assert claims == 0, "a wait is not counted as a claim whose lease ran out"
+
+    await users_projected(db, h.settings)
+    assert await h.round() == [], "put off: not claimable yet"
+    h.clock.advance(timedelta(seconds=1))
+    assert [o.result for o in await h.round()] == ["sent"]
+    assert peer.requests[-1].json()["to"]["address"] == "user-late@example.com"
+    sent = Sent.model_validate((await h.events("n-late"))[-1][1])
+    assert sent.attempt == 1, "the wait was no attempt"
+
+
+async def test_an_expired_code_is_never_sent_on_a_retry(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """The code is valid 1 minute; the first attempt fails, the retry comes after the
+    code expired (but within max_ttl): canceled as code_expired, nothing sent again."""
+    h = harness(max_ttl=timedelta(minutes=30))
+    source = source_ref("user-ada", 1, created_at=h.clock.now)
+    await h.setup(requested("n-1", source=source, code_expiry=timedelta(minutes=1)))
+    peer.script(Reply(503))
+    assert [o.result for o in await h.round()] == ["retry"]
+    h.clock.advance(timedelta(minutes=2))
+    outcomes = await h.round("retry")
+    assert [(o.result, o.reason) for o in outcomes] == [("canceled", "code_expired")]
+    assert len(peer.requests) == 1, "the expired code never went out"
+    canceled = Canceled.model_validate((await h.events("n-1"))[-1][1])
+    assert (canceled.reason, canceled.attempt) == ("code_expired", 1)
+    assert "its code expired at" in canceled.error
+    assert "482913" not in canceled.error
+
+
+async def test_every_attempt_carries_the_same_webhook_id(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """Attempt 1 fails, attempt 2 succeeds: both carry the notification id as webhook-id,
+    so a receiver that accepted attempt 1 after all can drop attempt 2."""
+    h = harness()
+    await h.setup(requested("n-1"))
+    peer.script(Reply(503))
+    await h.round()
+    h.clock.advance(timedelta(seconds=5))
+    assert [o.result for o in await h.round("retry")] == ["sent"]
+    assert [r.headers["webhook-id"] for r in peer.requests] == ["n-1", "n-1"]
 
 
 async def test_a_late_outcome_is_refused(
@@ -280,7 +365,7 @@ async def test_poison_in_a_bulk_cancels_alone(
         reasons[nid] = (canceled.reason, canceled.error)
     assert reasons["render"][0] == "permanent_error"
     assert "texts.en.yaml:2" in reasons["render"][1]
-    assert reasons["vanished"][0] == "user_removed"
+    assert reasons["vanished"][0] == "user_unknown"
     assert reasons["unconfigured"][0] == "permanent_error"
     assert "TIDINGS_CHANNELS_TWILIO" in reasons["unconfigured"][1]
     assert sorted(r.json()["notification_id"] for r in peer.requests) == ["ok-1", "ok-2"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import datetime
 from pathlib import Path
 
 from tidings.clock import Clock, utc_now
@@ -15,8 +16,14 @@ from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff, Uniform
 from tidings.notification.requests import NotifyUser
 from tidings.notification.setup import build_channels, build_composer
-from tidings.projections import LeaderLock, Projector, default_projections, notify_users
-from tidings.workers import AttemptRunner, WorkerPool
+from tidings.projections import (
+    LeaderLock,
+    Projector,
+    default_projections,
+    notify_users,
+    users_checkpoint,
+)
+from tidings.workers import AttemptRunner, Claimed, WorkerPool
 
 log = logging.getLogger("tidings")
 
@@ -42,6 +49,8 @@ class Service:
             composer=build_composer(settings),
             channels=self.channels,
             users=self.users,
+            users_checkpoint=self.users_checkpoint,
+            release=self.release,
             settings=n,
             backoff=Backoff(
                 min_delay=n.min_retry_delay,
@@ -68,6 +77,15 @@ class Service:
         with translated_errors():
             async with self._db.pool.connection() as conn:
                 return await notify_users(conn, keys)
+
+    async def users_checkpoint(self) -> int:
+        """How far the users read model has read the log, for the workers."""
+        with translated_errors():
+            async with self._db.pool.connection() as conn:
+                return await users_checkpoint(conn)
+
+    async def release(self, put_off: list[tuple[Claimed, datetime]]) -> None:
+        await self.pool.queue.release(put_off)
 
     def leader(self) -> LeaderLock:
         return LeaderLock(

@@ -103,13 +103,55 @@ def test_a_removed_user_cancels_even_with_a_snapshot() -> None:
     assert (only(decision).error, only(decision).attempt) == ("user user-ada was removed", 1)
 
 
-def test_an_unknown_user_without_a_snapshot_cancels() -> None:
-    decision = decide(requested_state(), Due(user=None), now=NOW, policy=policy())
-    assert decision.reason is CancelReason.USER_REMOVED
-    assert only(decision).error == "user user-ada is not in the users read model"
+def test_an_unknown_user_waits_for_the_users_model_to_pass_the_request() -> None:
+    """Not yet in the users model, which has not read up to the request's source event
+    (position 1 here): no attempt, no event, looked at again shortly."""
+    for checkpoint in (None, 0):
+        decision = decide(
+            requested_state(), Due(user=None, users_checkpoint=checkpoint), now=NOW,
+            policy=policy(),
+        )  # fmt: skip
+        assert decision.verdict is Verdict.WAIT and decision.payloads == ()
+        assert decision.due_at == NOW + timedelta(seconds=1)
+        assert decision.why is not None and "not in the users read model yet" in decision.why
+
+
+def test_a_user_still_unknown_once_the_model_passed_the_request_cancels() -> None:
+    decision = decide(
+        requested_state(), Due(user=None, users_checkpoint=1), now=NOW, policy=policy()
+    )
+    assert decision.reason is CancelReason.USER_UNKNOWN
+    assert only(decision) == Canceled(
+        reason=CancelReason.USER_UNKNOWN,
+        error="user user-ada is not in the users read model, which has read the log up to "
+        "position 1, past the request's source event at 1",
+        attempt=0,
+    )
     # With a snapshot a retry goes on: the snapshot is what it renders from.
     state = requested_state(status=Status.RETRYING, attempts=1, notify_user=user())
     assert decide(state, Due(user=None), now=NOW, policy=policy()).verdict is Verdict.SEND
+
+
+@pytest.mark.parametrize("attempts", [0, 1])
+def test_an_expired_code_cancels_without_sending(attempts: int) -> None:
+    """The code was added at T0 and is valid 10 minutes; max_ttl is longer here."""
+    status = Status.RETRYING if attempts else Status.REQUESTED
+    state = requested_state(status=status, attempts=attempts, notify_user=user(),
+                            request=request(code={"v": "x"}))  # fmt: skip
+    long_ttl = policy(max_ttl=timedelta(hours=1))
+    in_time = T0 + timedelta(minutes=9, seconds=59)
+    assert decide(state, Due(user=user()), now=in_time, policy=long_ttl).verdict is Verdict.SEND
+    expired = decide(state, Due(user=user()), now=T0 + timedelta(minutes=10), policy=long_ttl)
+    assert expired.reason is CancelReason.CODE_EXPIRED
+    assert only(expired).attempt == attempts, "no attempt made"
+    assert only(expired).error.startswith(
+        f"its code expired at {(T0 + timedelta(minutes=10)).isoformat()} (10m after "
+        "user.human.password.code.added"
+    )
+    # Without a code there is nothing to expire.
+    codeless = requested_state(request=request(code=None))
+    later = T0 + timedelta(minutes=30)
+    assert decide(codeless, Due(user=user()), now=later, policy=long_ttl).verdict is Verdict.SEND
 
 
 # --- decide: after the attempt --------------------------------------------------------

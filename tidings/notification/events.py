@@ -28,8 +28,10 @@ class CancelReason(StrEnum):
     MAX_ATTEMPTS = "max_attempts"  # the last allowed attempt failed
     EXPIRED = "expired"  # picked up after max_ttl
     PERMANENT_ERROR = "permanent_error"  # the channel or the message can never work
-    USER_REMOVED = "user_removed"  # the user was removed (or never known) before sending
+    USER_REMOVED = "user_removed"  # the user was removed before the message went out
     INVALID_REQUEST = "invalid_request"  # the request in the log cannot be read
+    CODE_EXPIRED = "code_expired"  # its one-time code expired before the message went out
+    USER_UNKNOWN = "user_unknown"  # the users read model has passed the request, without the user
 
 
 class RetryRequested(FrozenModel):

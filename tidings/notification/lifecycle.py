@@ -314,6 +314,7 @@ class Policy:
     max_attempts: int
     max_ttl: timedelta
     backoff: Backoff  # with the random source it draws from
+    wait: timedelta = timedelta(seconds=1)  # how long a WAIT puts the next pick-up off
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,6 +323,9 @@ class Due:
 
     user: NotifyUser | None  # the user as the users read model has it now (None: unknown)
     request_error: str | None = None  # the request could not be read: why
+    # The users projection's checkpoint (a log position), read when the user is
+    # unknown: past the request's source event, the user is unknown for good.
+    users_checkpoint: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -352,6 +356,7 @@ class Verdict(StrEnum):
     SENT = "sent"
     RETRY = "retry"
     CANCELED = "canceled"
+    WAIT = "wait"  # not yet: no attempt made or counted, try again from `Decision.due_at`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,7 +365,8 @@ class Decision:
     payloads: tuple[RetryRequested | Sent | Canceled, ...] = field(default=())
     user: NotifyUser | None = None  # SEND: the user to render for
     reason: CancelReason | None = None  # CANCELED
-    due_at: datetime | None = None  # RETRY
+    due_at: datetime | None = None  # RETRY, WAIT
+    why: str | None = None  # WAIT: what it waits for
 
     @property
     def events(self) -> list[tuple[str, dict[str, Any]]]:
@@ -404,11 +410,35 @@ def _picked_up(state: NotificationState, due: Due, *, now: datetime, policy: Pol
         return _cancel(
             state, CancelReason.INVALID_REQUEST, f"the request in the log cannot be read: {error}"
         )
-    user_id = state.request.user_id
+    request = state.request
+    if request.code is not None and request.code_expiry is not None:
+        expires = request.source.created_at + request.code_expiry
+        if now >= expires:
+            valid = format_duration(request.code_expiry)
+            return _cancel(
+                state, CancelReason.CODE_EXPIRED,
+                f"its code expired at {expires.isoformat()} ({valid} after "
+                f"{request.source.event_type} at {request.source.created_at.isoformat()}); "
+                "a message with it would be useless",
+            )  # fmt: skip
+    user_id = request.user_id
     if due.user is None and state.notify_user is None:
+        source = request.source.position
+        if due.users_checkpoint is None or due.users_checkpoint < source:
+            # The users model has not read up to the request yet: the user may
+            # be on the way. Not an attempt; the next pick-up asks again.
+            seen = "nothing" if due.users_checkpoint is None else due.users_checkpoint
+            return Decision(
+                verdict=Verdict.WAIT,
+                due_at=now + policy.wait,
+                why=f"user {user_id} not in the users read model yet (it has read the log up "
+                f"to position {seen}, the request's source event is at {source})",
+            )
         return _cancel(
-            state, CancelReason.USER_REMOVED, f"user {user_id} is not in the users read model"
-        )
+            state, CancelReason.USER_UNKNOWN,
+            f"user {user_id} is not in the users read model, which has read the log up to "
+            f"position {due.users_checkpoint}, past the request's source event at {source}",
+        )  # fmt: skip
     if due.user is not None and due.user.state == "removed":
         return _cancel(state, CancelReason.USER_REMOVED, f"user {user_id} was removed")
     # The first attempt snapshots the user; retries render from that snapshot.

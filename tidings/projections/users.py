@@ -111,3 +111,14 @@ async def notify_users(
         await cur.execute(query("users_get_many"), params)
         users = [NotifyUser.model_validate(row) for row in await cur.fetchall()]
     return {(u.instance_id, u.user_id): u for u in users}
+
+
+async def users_checkpoint(conn: Connection) -> int:
+    """Where the users read model stands: the users projection's checkpoint (0: never ran).
+
+    Every user event at or below it is in the model; a user unknown to the model
+    whose events all lie below it is unknown for good.
+    """
+    cur = await conn.execute(query("checkpoint_get"), {"name": UsersProjection.name})
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -49,7 +49,11 @@ log = logging.getLogger("tidings.workers")
 
 # Many users at once, by (instance id, user id); unknown ones are left out.
 UserLookup = Callable[[list[tuple[str, str]]], Awaitable[dict[tuple[str, str], NotifyUser]]]
-Result = Literal["sent", "retry", "canceled", "refused", "unrecorded"]
+# Where the users read model stands (the users projection's checkpoint).
+UsersCheckpoint = Callable[[], Awaitable[int]]
+# Put notifications off without an attempt: each claimable again from its time.
+Release = Callable[[list[tuple[Claimed, datetime]]], Awaitable[None]]
+Result = Literal["sent", "retry", "canceled", "wait", "refused", "unrecorded"]
 CREATOR = "tidings-worker"
 
 
@@ -83,6 +87,8 @@ class AttemptRunner:
         composer: MessageComposer,
         channels: ChannelRegistry,
         users: UserLookup,
+        users_checkpoint: UsersCheckpoint,
+        release: Release,
         settings: NotificationSettings,
         backoff: Backoff,
         clock: Clock,
@@ -92,9 +98,16 @@ class AttemptRunner:
         self._composer = composer
         self._channels = channels
         self._users = users
+        self._users_checkpoint = users_checkpoint
+        self._release = release
         self._settings = settings
         self._policy = Policy(
-            max_attempts=settings.max_attempts, max_ttl=settings.max_ttl, backoff=backoff
+            max_attempts=settings.max_attempts,
+            max_ttl=settings.max_ttl,
+            backoff=backoff,
+            # A notification waiting for the users model is looked at again
+            # after a projector poll, not after a whole lease.
+            wait=timedelta(seconds=1),
         )
         self._clock = clock
         self._metrics = metrics
@@ -109,6 +122,9 @@ class AttemptRunner:
         """
         try:
             users = await self._users(sorted({_user_key(c) for c in bulk}))
+            # Only when a first attempt finds no user (rare): is the model behind?
+            unknown = any(_user_key(c) not in users and not c.notify_user for c in bulk)
+            checkpoint = await self._users_checkpoint() if unknown else None
         except DatabaseUnavailable as exc:
             log.warning(
                 "cannot read the users of a bulk of %d (%s); they will be claimed again "
@@ -119,8 +135,9 @@ class AttemptRunner:
                 for claimed in bulk:
                     self._metrics.attempt("unrecorded", None, _message_type(claimed))
             return outcomes
-        decided = await asyncio.gather(*(self._decide(c, users) for c in bulk))
+        decided = await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
         recorded = await self._record(list(decided))
+        await self._put_off([d for d in decided if d.outcome.result == "wait"])
         for d in decided:
             outcome = recorded[id(d)]
             self._log(d, outcome, time.monotonic() - d.started)
@@ -128,12 +145,30 @@ class AttemptRunner:
                 self._count(d, outcome, self._metrics)
         return [recorded[id(d)] for d in decided]
 
+    async def _put_off(self, waiting: list[_Decided]) -> None:
+        """Release the leases of notifications that wait (no attempt): due again soon."""
+        if not waiting:
+            return
+        until = self._clock() + self._policy.wait
+        try:
+            await self._release([(d.claimed, until) for d in waiting])
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "could not put off %d waiting notifications (%s); they will be claimed again "
+                "when their lease runs out", len(waiting), exc,
+            )  # fmt: skip
+
     def _count(self, decided: _Decided, outcome: Outcome, metrics: Metrics) -> None:
         metrics.attempt(outcome.result, decided.channel, _message_type(decided.claimed))
         if outcome.result == "canceled" and outcome.reason:
             metrics.cancel(outcome.reason)
 
-    async def _decide(self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]) -> _Decided:
+    async def _decide(
+        self,
+        claimed: Claimed,
+        users: dict[tuple[str, str], NotifyUser],
+        users_checkpoint: int | None,
+    ) -> _Decided:
         started = time.monotonic()
         try:
             state, request_error = _state_of(claimed)
@@ -141,7 +176,9 @@ class AttemptRunner:
             state = _unreadable_state(claimed)
             request_error = _first_error(exc)
         try:
-            decision, channel = await self._attempt(claimed, state, request_error, users)
+            decision, channel = await self._attempt(
+                claimed, state, request_error, users, users_checkpoint
+            )
         except Exception as exc:  # a bug must cost one notification at most, never the pool
             log.exception(
                 "attempt %s of notification %s (instance %s) failed unexpectedly",
@@ -169,11 +206,13 @@ class AttemptRunner:
         state: NotificationState,
         request_error: str | None,
         users: dict[tuple[str, str], NotifyUser],
+        users_checkpoint: int | None,
     ) -> tuple[Decision, str | None]:
         """Ask the lifecycle whether to send; send if so; ask it what the outcome means."""
         user_id = state.request.user_id if state.request is not None else ""
         current = users.get((claimed.instance_id, user_id))
-        picked = self._decide_now(state, Due(user=current, request_error=request_error))
+        due = Due(user=current, request_error=request_error, users_checkpoint=users_checkpoint)
+        picked = self._decide_now(state, due)
         if picked.verdict is not Verdict.SEND:
             return picked, None
         request, user = state.request, picked.user
@@ -284,7 +323,7 @@ class AttemptRunner:
     def _log(self, decided: _Decided, outcome: Outcome, seconds: float) -> None:
         claimed, channel = decided.claimed, decided.channel
         request = _request_fields(claimed)
-        level = logging.INFO if outcome.result in ("sent", "retry") else logging.WARNING
+        level = logging.INFO if outcome.result in ("sent", "retry", "wait") else logging.WARNING
         fields: dict[str, object] = {
             "instance_id": claimed.instance_id,
             "notification_id": claimed.notification_id,
@@ -358,6 +397,8 @@ def _outcome(decision: Decision) -> Outcome:
         return Outcome("retry", f"due {decision.due_at.isoformat()}")
     if decision.verdict is Verdict.CANCELED:
         return Outcome("canceled", decision.reason)
+    if decision.verdict is Verdict.WAIT:
+        return Outcome("wait", decision.why)
     return Outcome("sent")
 
 
