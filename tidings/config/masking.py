@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
@@ -22,6 +26,55 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, MASK)
     return text
+
+
+class SecretsInFlight:
+    """Strings no log line may show while they are in use: the one-time codes being sent.
+
+    A worker holds a message's code (in every spelling a provider may quote)
+    from rendering until its outcome is decided; the log formatters mask
+    whatever is held, in every line of every logger, at every level. So a
+    channel, or a library under it (aiosmtplib at DEBUG), that logs a
+    provider's reply quoting the code cannot leak it, and a new channel cannot
+    forget to mask.
+    """
+
+    def __init__(self) -> None:
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()  # log lines may be formatted on other threads
+        self._longest_first: tuple[str, ...] = ()
+
+    @contextmanager
+    def holding(self, values: Iterable[str]) -> Iterator[None]:
+        # JSON lines escape some characters: hold that spelling as well.
+        held = list(dict.fromkeys(s for v in values if v for s in (v, json.dumps(v)[1:-1])))
+        if not held:
+            yield
+            return
+        with self._lock:
+            self._held.update(held)
+            self._refresh()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.subtract(held)
+                self._held = +self._held  # drop the ones no longer held
+                self._refresh()
+
+    def _refresh(self) -> None:
+        self._longest_first = tuple(sorted(self._held, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        """`text` with everything held now replaced by ***."""
+        for secret in self._longest_first:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+IN_FLIGHT = SecretsInFlight()
+"""The process's codes in flight; tidings.cli.logs masks them out of every line."""
 
 
 def mask_url(url: str) -> str:

@@ -9,6 +9,7 @@ append is refused, so a notification is never settled twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from tidings.clock import Clock
 from tidings.config import NotificationSettings
+from tidings.config.masking import IN_FLIGHT
 from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
 from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff
@@ -220,39 +222,45 @@ class AttemptRunner:
         assert user is not None
         channel_name = self._channels.name_for(claimed.instance_id, request.channel)
         message: OutgoingMessage | None = None
-        try:
-            message = self._composer.compose(
-                notification_id=claimed.notification_id,
-                instance_id=claimed.instance_id,
-                attempt=claimed.attempt,
-                request=request,
-                user=user,
-            )
-            channel = self._channels.channel_for(claimed.instance_id, request.channel)
-            sending = time.monotonic()
+        # From rendering to the decision the code is in flight: no log line of any
+        # logger may show it (tidings.cli.logs masks what IN_FLIGHT holds).
+        with contextlib.ExitStack() as in_flight:
             try:
-                async with asyncio.timeout(self._send_timeout()):
-                    provider_id = await channel.send(message)
-            finally:
-                if self._metrics is not None:
-                    self._metrics.sent_in(channel_name, time.monotonic() - sending)
-        except SendError as exc:
-            # A provider may quote the request, code included, in its error:
-            # the error goes into the log, the code never does.
-            error = message.scrub(str(exc)) if message else str(exc)
-            retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
-            failed = Failed(
-                error=error,
-                permanent=not exc.transient,
-                retry_after=timedelta(seconds=retry_after) if retry_after is not None else None,
-                user=user,
-            )
-            return self._decide_now(state, failed), channel_name
-        except TimeoutError:
-            error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
-            return self._decide_now(state, Failed(error=error, user=user)), channel_name
-        delivered = Delivered(channel=channel_name, provider_message_id=provider_id)
-        return self._decide_now(state, delivered), channel_name
+                message = self._composer.compose(
+                    notification_id=claimed.notification_id,
+                    instance_id=claimed.instance_id,
+                    attempt=claimed.attempt,
+                    request=request,
+                    user=user,
+                )
+                in_flight.enter_context(IN_FLIGHT.holding(message.sensitive))
+                channel = self._channels.channel_for(claimed.instance_id, request.channel)
+                sending = time.monotonic()
+                try:
+                    async with asyncio.timeout(self._send_timeout()):
+                        provider_id = await channel.send(message)
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.sent_in(channel_name, time.monotonic() - sending)
+            except SendError as exc:
+                # A provider may quote the request, code included, in its error:
+                # the error goes into the log, the code never does.
+                error = message.scrub(str(exc)) if message else str(exc)
+                retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
+                failed = Failed(
+                    error=error,
+                    permanent=not exc.transient,
+                    retry_after=timedelta(seconds=retry_after) if retry_after is not None else None,
+                    user=user,
+                )
+                return self._decide_now(state, failed), channel_name
+            except TimeoutError:
+                error = (
+                    f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
+                )
+                return self._decide_now(state, Failed(error=error, user=user)), channel_name
+            delivered = Delivered(channel=channel_name, provider_message_id=provider_id)
+            return self._decide_now(state, delivered), channel_name
 
     def _send_timeout(self) -> float:
         # Well inside the lease, so a hung provider cannot outlive it and invite
