@@ -8,6 +8,7 @@ server, which answers as a provider would (success, 503, 400, ...).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -380,3 +381,38 @@ async def test_an_unreadable_request_is_canceled(
                  event_type="notification.requested", payload={"request": {"user_id": 5}})
     )  # fmt: skip
     assert [o.reason for o in await h.round()] == ["invalid_request"]
+
+
+async def test_a_wake_up_during_the_idle_check_is_not_lost(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """A request is appended while a worker that found nothing is still deciding how
+    long to sleep (slowed on purpose): it is sent at once, not after the 30 s poll.
+    Clearing the wake-up after that check used to erase the append's notify."""
+    h = harness(requeue_every=timedelta(seconds=30), retry_requeue_every=timedelta(seconds=30))
+    await h.setup()
+    pool = h.service.pool
+    idle_wait = pool._idle_wait
+    appended = asyncio.Event()
+
+    async def slow_idle_wait(kind: Any, interval: float) -> float:
+        wait = await idle_wait(kind, interval)  # nothing due: the whole interval
+        if kind == "request" and not appended.is_set():
+            appended.set()
+            await db.store.append([requested("n-1")])
+            await asyncio.sleep(0.5)  # the slow part: the notify arrives meanwhile
+        return wait
+
+    pool._idle_wait = slow_idle_wait  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(pool.run(stop=stop, workers=1, retry_workers=0))
+    try:
+        await asyncio.wait_for(appended.wait(), 10)
+        for _ in range(200):  # up to 10 s, a third of the poll: only the wake-up explains it
+            if peer.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert [r.json()["notification_id"] for r in peer.requests] == ["n-1"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
