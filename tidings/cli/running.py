@@ -76,7 +76,6 @@ def run_command(
             + _count_source("--retry-workers", "TIDINGS_NOTIFICATIONS_RETRY_WORKERS", retry_workers)
             + "); give this process workers, or drop --no-projector"
         )
-    say_what_runs(settings, projector=projector, workers=counts[0], retry_workers=counts[1])
     address = metrics_address(settings, metrics_addr)
 
     async def go() -> None:
@@ -91,6 +90,9 @@ def run_command(
                     projector=service.projector, stop=stop,
                 ):  # fmt: skip
                     start = await db.store.last_position()
+                    say_what_runs(
+                        settings, projector=projector, workers=counts[0], retry_workers=counts[1]
+                    )
                     await service.run(
                         stop=stop,
                         workers=counts[0],
