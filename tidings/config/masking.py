@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 MASK = "***"
@@ -40,39 +38,68 @@ class SecretsInFlight:
     """
 
     def __init__(self) -> None:
-        self._held: Counter[str] = Counter()
+        self._held: dict[str, int] = {}  # how many attempts hold each string
         self._lock = threading.Lock()  # log lines may be formatted on other threads
-        self._longest_first: tuple[str, ...] = ()
+        self._longest_first: tuple[str, ...] | None = ()  # None: to be sorted again
 
-    @contextmanager
-    def holding(self, values: Iterable[str]) -> Iterator[None]:
-        # JSON lines escape some characters: hold that spelling as well.
-        held = list(dict.fromkeys(s for v in values if v for s in (v, json.dumps(v)[1:-1])))
-        if not held:
-            yield
-            return
+    def holding(self, values: Iterable[str]) -> _Holding:
+        """A context in which `values` are masked out of every log line."""
+        held: list[str] = []
+        for value in values:
+            if value and value not in held:
+                held.append(value)
+                # JSON lines escape some characters: hold that spelling as well.
+                if _JSON_ESCAPED.search(value):
+                    held.append(json.dumps(value, ensure_ascii=False)[1:-1])
+        return _Holding(self, held)
+
+    def _take(self, held: list[str]) -> None:
         with self._lock:
-            self._held.update(held)
-            self._refresh()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._held.subtract(held)
-                self._held = +self._held  # drop the ones no longer held
-                self._refresh()
+            for value in held:
+                self._held[value] = self._held.get(value, 0) + 1
+            self._longest_first = None
 
-    def _refresh(self) -> None:
-        self._longest_first = tuple(sorted(self._held, key=len, reverse=True))
+    def _give_back(self, held: list[str]) -> None:
+        with self._lock:
+            for value in held:
+                left = self._held[value] - 1
+                if left:
+                    self._held[value] = left
+                else:
+                    del self._held[value]
+            self._longest_first = None
 
     def mask(self, text: str) -> str:
-        """`text` with everything held now replaced by ***."""
-        for secret in self._longest_first:
+        """`text` with everything held now replaced by ***, longest first."""
+        secrets = self._longest_first
+        if secrets is None:  # sorted once per change, and only when a line is written
+            with self._lock:
+                secrets = self._longest_first = tuple(sorted(self._held, key=len, reverse=True))
+        for secret in secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
 
 
+class _Holding:
+    """What SecretsInFlight.holding returns: holds its strings while the block runs."""
+
+    __slots__ = ("_held", "_registry")
+
+    def __init__(self, registry: SecretsInFlight, held: list[str]) -> None:
+        self._registry = registry
+        self._held = held
+
+    def __enter__(self) -> None:
+        if self._held:
+            self._registry._take(self._held)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self._registry._give_back(self._held)
+
+
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 IN_FLIGHT = SecretsInFlight()
 """The process's codes in flight; tidings.cli.logs masks them out of every line."""
 
