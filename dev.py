@@ -3,6 +3,7 @@
 
     python3 dev.py run    # set up, then run the main job on the embedded database
     python3 dev.py test   # set up, then lint, type-check and run the whole test suite
+    python3 dev.py schema # regenerate tidings/eventstore/schema.sql from the migrations
 
 Setting up creates .venv/ inside the checkout and installs tidings into it
 (again only when pyproject.toml changed).
@@ -78,7 +79,7 @@ def run_tests() -> int:
 def main() -> None:
     os.chdir(ROOT)
     command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if command not in ("run", "test", "setup"):
+    if command not in ("run", "test", "setup", "schema"):
         sys.exit(__doc__)
     setup()
     try:
@@ -86,6 +87,8 @@ def main() -> None:
             run_main_job()
         elif command == "test":
             sys.exit(run_tests())
+        elif command == "schema":
+            sh(BIN / "python", "-m", "tidings.eventstore.schema", *sys.argv[2:])
     except subprocess.CalledProcessError as exc:
         sys.exit(exc.returncode or 1)
 

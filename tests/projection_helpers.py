@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from psycopg.rows import dict_row
+
 from tidings.config import NotificationSettings, ProjectionSettings, Settings
 from tidings.eventstore import Database, EventQuery, NewEvent, StoredEvent
-from tidings.notification.requests import NotificationRequested
+from tidings.notification.requests import NotificationRequested, NotifyUser
 from tidings.projections import Projection, Projector, default_projections
 
 CODE = {"crypto_type": "aes-256-gcm", "key_id": "k1", "value": "c2VjcmV0"}
@@ -105,3 +107,15 @@ def make_projector(
 async def requests_of(db: Database) -> list[tuple[StoredEvent, NotificationRequested]]:
     events = await db.store.query(EventQuery(event_types=("notification.requested",)))
     return [(e, NotificationRequested.model_validate(e.payload)) for e in events]
+
+
+async def all_users(conn: Any) -> list[NotifyUser]:
+    """Every row of the users read model, for comparing a live model with a rebuild."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT instance_id, user_id, resource_owner, username, first_name, last_name,"
+            " display_name, preferred_language, last_email, verified_email, last_phone,"
+            " verified_phone, state, sequence, change_date"
+            " FROM tidings.users ORDER BY instance_id, user_id"
+        )
+        return [NotifyUser.model_validate(row) for row in await cur.fetchall()]

@@ -49,7 +49,6 @@ async def test_payload_and_metadata_round_trip(store: EventStore) -> None:
     assert (read.owner, read.creator, read.sequence) == ("org-1", "svc-login", 1)
     assert read.position == stored.position
     assert read.created_at == stored.created_at
-    assert read.tx_id == stored.position >> 16
 
 
 async def test_conflict_is_typed_and_writes_nothing(store: EventStore) -> None:

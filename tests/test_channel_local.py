@@ -40,12 +40,12 @@ def message(content: EmailContent | SMSContent, attempt: int = 1) -> OutgoingMes
 async def test_filesystem_writes_eml_and_json(tmp_path: Path) -> None:
     channel = FilesystemChannel(outbox=tmp_path)
     eml_path = Path(await channel.send(message(EMAIL)))
-    assert eml_path == tmp_path / "acme" / "n-42-1.eml"
+    assert eml_path == tmp_path / "acme" / "n-42.eml"
     parsed = email.message_from_bytes(eml_path.read_bytes(), policy=default)  # noqa: ASYNC240
     assert isinstance(parsed, EmailMessage)
     assert parsed["To"] == "Ada Lovelace <ada@example.com>"
     assert parsed["Subject"] == "Reset your password"
-    assert parsed["Message-ID"] == "<n-42-1@tidings>"
+    assert parsed["Message-ID"] == "<n-42@tidings>"
     assert parsed.get_body(("plain",)).get_content().strip() == "Your code is 482913"  # type: ignore[union-attr]
     assert "482913" in parsed.get_body(("html",)).get_content()  # type: ignore[union-attr]
 
@@ -54,12 +54,13 @@ async def test_filesystem_writes_eml_and_json(tmp_path: Path) -> None:
     assert json.loads(sms_path.read_text())["to"] == "+41790000001"  # noqa: ASYNC240
 
 
-async def test_filesystem_resend_of_an_attempt_overwrites_next_attempt_adds(tmp_path: Path) -> None:
+async def test_filesystem_one_file_per_notification_whatever_the_attempt(tmp_path: Path) -> None:
+    """A re-send and a later attempt overwrite the same file: one message per notification."""
     channel = FilesystemChannel(outbox=tmp_path)
     await channel.send(message(SMS))
     await channel.send(message(SMS))
     await channel.send(message(SMS, attempt=2))
-    assert sorted(p.name for p in (tmp_path / "acme").iterdir()) == ["n-42-1.json", "n-42-2.json"]
+    assert sorted(p.name for p in (tmp_path / "acme").iterdir()) == ["n-42.json"]
 
 
 async def test_filesystem_unwritable_outbox_is_permanent(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ async def test_filesystem_unwritable_outbox_is_permanent(tmp_path: Path) -> None
 async def test_log_channel_never_logs_content(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     channel = LogChannel()
-    assert await channel.send(message(EMAIL)) == "log-n-42-1"
+    assert await channel.send(message(EMAIL)) == "log-n-42"
     await channel.send(message(SMS))
     assert "482913" not in caplog.text
     assert "ada@example.com" not in caplog.text and "+41790000001" not in caplog.text
@@ -84,7 +85,7 @@ def test_registry_per_instance_choice(tmp_path: Path) -> None:
     settings = ChannelSettings(
         email="filesystem", sms="log", instances={"acme": ChannelChoice(email="log")}
     )
-    registry = ChannelRegistry(settings=settings, outbox=tmp_path)
+    registry = ChannelRegistry(settings=settings, data_folder=tmp_path)
     assert registry.channel_for("acme", "email").name == "log"
     assert registry.channel_for("globex", "email").name == "filesystem"
     assert registry.channel_for("globex", "sms").name == "log"

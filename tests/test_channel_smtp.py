@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import io
 import logging
 import socket
 import time
@@ -22,10 +23,14 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr
 
 from tests.tls_helpers import TLSFiles, write_tls_files
-from tidings.config import SMTPChannelSettings
+from tests.worker_helpers import CRYPTO, requested, user_added, users_projected
+from tidings.cli.logs import LogFormat, configure_logging
+from tidings.config import ChannelSettings, Settings, SMTPChannelSettings
+from tidings.eventstore import Database
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
 from tidings.notification.channels.smtp import SMTPChannel
 from tidings.notification.errors import PermanentSendError, SendError, TransientSendError
+from tidings.service import Service
 
 USER = "mailer"
 PASSWORD = "pw-Zq8v-never-in-logs"
@@ -213,7 +218,7 @@ async def test_plain_delivery(smtp_server: StartServer) -> None:
     assert provider_id == mail["Message-ID"]
 
 
-async def test_message_id_is_stable_per_attempt(smtp_server: StartServer) -> None:
+async def test_message_id_is_the_same_for_every_attempt(smtp_server: StartServer) -> None:
     handler = Recorder()
     settings = settings_for(smtp_server(handler).port)
 
@@ -221,7 +226,7 @@ async def test_message_id_is_stable_per_attempt(smtp_server: StartServer) -> Non
     again = await send(settings, outgoing(attempt=1))
     next_attempt = await send(settings, outgoing(attempt=2))
 
-    assert first == again != next_attempt
+    assert first == again == next_attempt
     assert [r.parsed()["Message-ID"] for r in handler.received] == [first, again, next_attempt]
 
 
@@ -461,3 +466,82 @@ async def test_password_never_logged(
         assert wrong not in logged
     assert PASSWORD not in caplog.text
     assert wrong not in caplog.text
+
+
+class Scripted(Recorder):
+    """Answers each DATA as scripted: "hang" takes the whole message and says nothing
+    (for longer than the client waits), a reply code refuses it, None accepts it.
+    Every message it took in is recorded, answered or not."""
+
+    def __init__(self, *script: str | None) -> None:
+        super().__init__()
+        self.script = list(script)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), content))
+        reply = self.script.pop(0) if self.script else None
+        if reply == "hang":
+            await asyncio.sleep(3)  # past the client's 1 s timeout; the test goes on without it
+            return "250 2.0.0 Ok: queued late"
+        return reply or "250 2.0.0 Ok: queued"
+
+
+@pytest.mark.parametrize(
+    "first", ["451 4.3.0 Try again later", "hang"], ids=["refused-451", "answer-lost"]
+)
+async def test_a_retry_carries_the_same_message_id(smtp_server: StartServer, first: str) -> None:
+    """Attempt 1 refused (451) or taken but never answered (the final 250 lost), attempt 2
+    accepted: both carry one Message-ID, so a receiver that drops a repeated Message-ID
+    shows the user one message."""
+    handler = Scripted(first)
+    settings = settings_for(smtp_server(handler).port, timeout=timedelta(seconds=1))
+
+    with pytest.raises(TransientSendError):
+        await send(settings, outgoing(attempt=1))
+    accepted = await send(settings, outgoing(attempt=2))
+
+    ids = [r.parsed()["Message-ID"] for r in handler.received]
+    assert ids == [accepted, accepted]
+    assert len(set(ids)) == 1, "a receiver dropping repeated ids keeps one message"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_no_code_in_any_log_line_at_debug_level(
+    smtp_server: StartServer, db: Database, log_format: LogFormat
+) -> None:
+    """The server quotes the code in its 250 (accepted), its 451 (try later) and its 554
+    (refused): with --log-level debug, in text and JSON, no line shows it, whichever
+    logger wrote it (tidings' channel, aiosmtplib, the workers)."""
+    code = "QUOTED-7731"
+    handler = Scripted(
+        f"250 2.0.0 Ok: queued, your code {code}",
+        f"451 4.3.0 code {code} busy, try again",
+        f"554 5.7.1 message with {code} rejected",
+    )
+    port = smtp_server(handler).port
+    settings = Settings(
+        channels=ChannelSettings(email="smtp", smtp=settings_for(port)), crypto=CRYPTO
+    )
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    out = io.StringIO()
+    service = Service(db=db, settings=settings)
+    try:
+        configure_logging(level="debug", log_format=log_format, stream=out)
+        await db.store.append([user_added()])
+        await users_projected(db, settings)
+        await db.store.append([requested(f"n-{i}", code=code) for i in range(3)])
+        claimed = await service.pool.claim("request")
+        outcomes = await service.pool.process(claimed)
+    finally:
+        await service.close()
+        logging.captureWarnings(False)
+        for added in [h for h in root.handlers if h not in saved[0]]:
+            root.removeHandler(added)
+        root.setLevel(saved[1])
+    assert sorted(o.result for o in outcomes) == ["canceled", "retry", "sent"]
+    assert len(handler.received) == 3, "the server took in all three (and quoted the code)"
+    logged = out.getvalue()
+    assert "(server said: 2.0.0 Ok: queued, your code ***)" in logged, "debug lines were on"
+    assert code not in logged

@@ -108,7 +108,7 @@ async def test_request_carries_form_auth_and_idempotency_token(
     scheme, _, credentials = request.headers["authorization"].partition(" ")
     assert scheme == "Basic"
     assert base64.b64decode(credentials).decode() == f"{ACCOUNT_SID}:{AUTH_TOKEN}"
-    assert request.headers["i-twilio-idempotency-token"] == "n-42-2"
+    assert request.headers["i-twilio-idempotency-token"] == "n-42"
 
 
 async def test_messaging_service_sid_replaces_from(peer: HttpPeer) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.http_peer import Hang, HttpPeer, RecordedRequest, Reply, serve_http
+from tests.http_peer import Drop, Hang, HttpPeer, RecordedRequest, Reply, serve_http
 from tidings.config import WebhookChannelSettings
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
 from tidings.notification.channels.http import retry_after_seconds
@@ -144,7 +144,7 @@ async def test_signature_verifies_over_the_raw_body(peer: HttpPeer, signing_secr
         await channel.send(message(EMAIL, attempt=3))
 
     [request] = peer.requests
-    assert request.headers["webhook-id"] == "n-7-3"
+    assert request.headers["webhook-id"] == "n-7"
     assert request.headers["webhook-signature"].startswith("v1,")
     assert verifies(request, SECRET)
     assert not verifies(request, b"some-other-secret")
@@ -164,8 +164,8 @@ async def test_returns_the_receivers_id_or_the_webhook_id(
     peer.script(Reply.json({"id": "msg_1"}, status=202), Reply(204), Reply.json([1], 200))
 
     assert await channel.send(message(SMS)) == "msg_1"
-    assert await channel.send(message(SMS, attempt=2)) == "n-7-2"
-    assert await channel.send(message(SMS, attempt=3)) == "n-7-3"
+    assert await channel.send(message(SMS, attempt=2)) == "n-7"
+    assert await channel.send(message(SMS, attempt=3)) == "n-7"
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
@@ -217,6 +217,23 @@ async def test_timeout_is_transient(peer: HttpPeer, channel: WebhookChannel) -> 
 
     assert isinstance(error, TransientSendError)
     assert "TIDINGS_CHANNELS_WEBHOOK_TIMEOUT" in str(error)
+
+
+@pytest.mark.parametrize("lost", [Hang(seconds=3), Drop()], ids=["never-answers", "cut-off"])
+async def test_a_retry_after_a_lost_answer_carries_the_same_webhook_id(
+    peer: HttpPeer, channel: WebhookChannel, lost: Hang | Drop
+) -> None:
+    """The receiver took attempt 1 but its answer was lost: attempt 2 has the same
+    webhook-id, so a receiver that drops repeated ids (Standard Webhooks) keeps one."""
+    peer.script(lost)
+    with pytest.raises(TransientSendError):
+        await channel.send(message(SMS, attempt=1))
+    await channel.send(message(SMS, attempt=2))
+
+    ids = [r.headers["webhook-id"] for r in peer.requests]
+    assert ids == ["n-7", "n-7"]
+    kept = {i: r.json() for i, r in zip(ids, peer.requests, strict=True)}
+    assert len(kept) == 1
 
 
 @pytest.mark.parametrize(

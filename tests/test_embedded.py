@@ -39,8 +39,8 @@ def wait_until_stopped(data_dir: Path, seconds: float = 15) -> bool:
 
 
 def test_embedded_database_is_created_then_reused(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pgdata"
-    env = clean_env(TIDINGS_DATA_DIR=str(data_dir))
+    data_dir = tmp_path / "tidings" / "pgdata"  # inside the data folder
+    env = clean_env(TIDINGS_DATA_DIR=str(tmp_path / "tidings"))
 
     first = tidings("migrate", env=env, timeout=120)
     assert first.returncode == 0, first.stderr

@@ -17,6 +17,7 @@ from tests.projection_helpers import code_event, user_added
 from tests.worker_helpers import CRYPTO, KEY, WEBHOOK_SECRET, worker_env
 from tidings.cli.logs import JsonFormatter, TextFormatter, configure_logging
 from tidings.config import load_settings
+from tidings.config.masking import IN_FLIGHT
 from tidings.eventstore import Database
 from tidings.notification.codes import CodeCipher
 from tidings.notification.requests import notification_id
@@ -245,3 +246,20 @@ def test_every_configured_secret_is_known_and_endpoint_urls_are_masked(
         assert secret not in shown
     webhook = settings.masked()["channels"]["webhook"]["url"]
     assert webhook == "https://u:***@h/x?token=***&a=1"
+
+
+@pytest.mark.parametrize("formatter_class", [JsonFormatter, TextFormatter])
+def test_codes_in_flight_are_masked_in_every_line_of_every_logger(
+    formatter_class: type[JsonFormatter] | type[TextFormatter],
+) -> None:
+    """What IN_FLIGHT holds is masked whoever logs it (a channel written tomorrow, a
+    library), in the message and in extras, with its JSON spelling too; once released,
+    it is an ordinary string again."""
+    formatter = formatter_class()
+    code = 'c0de"77'
+    line = record("provider said %s", f"queued {code}", quoted=code)
+    line.name = "tidings.notification.channels.brand_new"
+    with IN_FLIGHT.holding([code, "other-9"]), IN_FLIGHT.holding([code]):
+        masked = formatter.format(line)
+        assert "c0de" not in masked and "***" in masked
+    assert "c0de" in formatter.format(line), "released when no attempt holds it"

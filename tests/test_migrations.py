@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import psycopg
 import pytest
 
@@ -16,18 +14,7 @@ from tidings.eventstore import (
     migrate,
     open_database,
 )
-
-
-def schema_dump(conninfo: str) -> str:
-    from pgserver._commands import POSTGRES_BIN_PATH
-
-    out = subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_dump"), "--schema-only", "--schema=tidings", conninfo],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return "\n".join(line for line in out.splitlines() if not line.startswith("-- Dumped"))
+from tidings.eventstore.schema import dump_schema as schema_dump
 
 
 async def test_migrate_is_idempotent_and_records_versions(empty_conninfo: str) -> None:

@@ -43,7 +43,7 @@ from tidings.eventstore import Database, EventQuery, NewEvent
 from tidings.notification.codes import CodeCipher
 from tidings.notification.events import RetryRequested, Sent
 from tidings.service import Service
-from tidings.workers.sql import query
+from tidings.views.sql import query
 
 CODE = "482913"
 CIPHER = CodeCipher.from_settings(CRYPTO).encrypt(CODE).model_dump()

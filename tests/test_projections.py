@@ -13,6 +13,7 @@ import pytest
 from tests.projection_helpers import (
     CODE,
     FixedClock,
+    all_users,
     code_event,
     make_projector,
     requests_of,
@@ -23,7 +24,7 @@ from tests.projection_helpers import (
 from tidings.eventstore import Database, StoredEvent
 from tidings.notification.requests import notification_id
 from tidings.notification.sources import MESSAGE_SOURCES
-from tidings.projections import all_users, notify_user
+from tidings.projections import notify_user
 from tidings.projections.base import Connection
 
 # (source event type, expected message type, expected channel, builder kwargs)
@@ -364,6 +365,41 @@ async def test_rebuilt_users_equal_the_live_ones(db: Database) -> None:
     assert replayed == await users_only.events_to_replay()
     async with db.pool.connection() as conn:
         assert await all_users(conn) == live
+
+
+async def test_a_wake_up_during_an_empty_step_is_not_lost(db: Database) -> None:
+    """An append lands while a step that found nothing is still running (slowed on
+    purpose): the projector reads it at once, not after its 30 s poll. Clearing the
+    wake-up after the step used to erase that append's notify."""
+    projector = make_projector(db)
+    projector._settings = projector._settings.model_copy(
+        update={"poll_every": timedelta(seconds=30)}
+    )
+    await db.store.append([user_added()])
+    step = projector.step
+    appended = asyncio.Event()
+
+    async def slow_step() -> int:
+        covered = await step()
+        if not covered and not appended.is_set():
+            appended.set()
+            await db.store.append([code_event("user.human.password.code.added")])
+            await asyncio.sleep(0.5)  # the slow part: its notify arrives meanwhile
+        return covered
+
+    projector.step = slow_step  # type: ignore[method-assign,assignment]
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop=stop))
+    try:
+        await asyncio.wait_for(appended.wait(), 10)
+        for _ in range(200):  # up to 10 s, a third of the poll: only the wake-up explains it
+            if await requests_of(db):
+                break
+            await asyncio.sleep(0.05)
+        assert len(await requests_of(db)) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
 
 
 async def test_projector_wakes_on_append(db: Database) -> None:

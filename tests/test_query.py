@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import psycopg
 import pytest
 
 from tests.helpers import event
@@ -51,16 +50,6 @@ async def test_event_type_wildcard_does_not_treat_underscore_as_a_wildcard(
     assert [e.aggregate_id for e in got] == ["n1", "n2", "n3", "u1", "n9"]
 
 
-async def test_exclude_aggregates_that_have_any_of_the_types(log: EventStore) -> None:
-    pending = await log.query(
-        EventQuery(
-            event_types=("notification.requested",),
-            exclude_aggregates_with=("notification.sent", "notification.canceled"),
-        )
-    )
-    assert [e.aggregate_id for e in pending] == ["n2", "n3", "n9"]
-
-
 async def test_position_and_time_filters_and_limit(log: EventStore) -> None:
     everything = await log.query(EventQuery())
     third = everything[2]
@@ -78,28 +67,3 @@ async def test_naive_times_are_refused() -> None:
 
     with pytest.raises(ValueError, match="time zone"):
         EventQuery(created_after=datetime(2026, 1, 1))
-
-
-async def test_skip_locked_hands_each_row_to_one_transaction(
-    log: EventStore, conninfo: str
-) -> None:
-    q = EventQuery(event_types=("notification.requested",), limit=2)
-    async with (
-        await psycopg.AsyncConnection.connect(conninfo) as first,
-        await psycopg.AsyncConnection.connect(conninfo) as second,
-    ):
-        async with first.transaction():
-            a = await log.query(q, conn=first, for_update_skip_locked=True)
-            async with second.transaction():
-                b = await log.query(q, conn=second, for_update_skip_locked=True)
-        assert [e.aggregate_id for e in a] == ["n1", "n2"]
-        assert [e.aggregate_id for e in b] == ["n3", "n9"]
-        # Once the first transaction ended, its rows are free again.
-        async with second.transaction():
-            c = await log.query(q, conn=second, for_update_skip_locked=True)
-        assert [e.aggregate_id for e in c] == ["n1", "n2"]
-
-
-async def test_skip_locked_needs_the_callers_transaction(log: EventStore) -> None:
-    with pytest.raises(ValueError, match="caller's transaction"):
-        await log.query(EventQuery(), for_update_skip_locked=True)

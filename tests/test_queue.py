@@ -150,19 +150,77 @@ async def test_only_active_instances_get_work(db: Database, conninfo: str) -> No
     assert await claim(queue, active_since=now() - timedelta(hours=3)) == ["old"]
 
 
-async def test_the_claim_uses_its_index(db: Database, conninfo: str) -> None:
-    await db.store.append([requested(f"n-{i}", instance_id=f"i-{i % 20}") for i in range(2000)])
+def _scans_of(node: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """Every node of a JSON plan that reads `relation`, depth first."""
+    found = [node] if node.get("Relation Name") == relation else []
+    for child in node.get("Plans", []):
+        found.extend(_scans_of(child, relation))
+    return found
+
+
+def _rows_read(scan: dict[str, Any]) -> float:
+    """Rows a scan node looked at over all its loops: returned plus filtered out."""
+    per_loop = (
+        scan["Actual Rows"]
+        + scan.get("Rows Removed by Filter", 0)
+        + scan.get("Rows Removed by Index Recheck", 0)
+    )
+    return float(per_loop * scan["Actual Loops"])
+
+
+async def test_the_claim_reads_a_bounded_number_of_rows_of_a_large_queue(
+    db: Database, conninfo: str
+) -> None:
+    """50,000 pending in 20 instances, half of each instance's earliest ones leased: a
+    claim of 10 reads at most 2 x bulk rows per instance (EXPLAIN ANALYZE, JSON plan),
+    through the claim index, never a sequential scan."""
+    instances, per_instance, bulk = 20, 2_500, 10
+    template = requested("x")
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO tidings.events (instance_id, aggregate_type, aggregate_id,"
+                " sequence, event_type, payload, position, created_at)"
+                " SELECT 'i-' || (g %% %s), 'notification', 'n-' || g, 1,"
+                " 'notification.requested', %s, (pg_current_xact_id()::text::bigint << 16) + g,"
+                " now() - interval '1 second' + g * interval '1 microsecond'"  # in due order
+                " FROM generate_series(1, %s) g",
+                (instances, psycopg.types.json.Jsonb(template.payload),
+                 instances * per_instance),
+            )  # fmt: skip
+        # Leases on the earliest rows of every instance: the claim steps over them.
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE tidings.pending_notifications p SET leased_until = %s, lease_owner = 'w'"
+                " FROM (SELECT instance_id, notification_id, row_number() OVER"
+                "       (PARTITION BY instance_id ORDER BY due_at) AS turn"
+                "       FROM tidings.pending_notifications) r"
+                " WHERE r.instance_id = p.instance_id AND r.notification_id = p.notification_id"
+                "   AND r.turn <= %s",
+                (now() + LEASE, bulk // 2),
+            )
         await conn.execute("ANALYZE tidings.pending_notifications")
-        cur = await conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) ") + query("claim_due"),
-            {"kind": "request", "bulk": 10, "now": now(), "lease_until": now(), "owner": "x",
-             "active_since": None},
-        )  # fmt: skip
-        (plan,) = await cur.fetchone()  # type: ignore[misc]
-    text = str(plan)
-    assert "pending_notifications_claim" in text
-    assert "Seq Scan" not in text
+        # EXPLAIN ANALYZE runs the claim: rolled back.
+        async with conn.transaction(force_rollback=True):
+            cur = await conn.execute(
+                sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query("claim_due"),
+                {"kind": "request", "bulk": bulk, "now": now(), "lease_until": now() + LEASE,
+                 "owner": "x", "active_since": None},
+            )  # fmt: skip
+            row = await cur.fetchone()
+            assert row is not None
+            (explained,) = row
+    plan = explained[0]["Plan"]
+    scans = _scans_of(plan, "pending_notifications")
+    assert scans, "the plan reads the queue"
+    assert all("Seq Scan" not in s["Node Type"] for s in scans), [s["Node Type"] for s in scans]
+    assert {s.get("Index Name") for s in scans if "Index" in s["Node Type"]} >= {
+        "pending_notifications_claim"
+    }
+    read = sum(_rows_read(s) for s in scans)
+    assert sum(s.get("Rows Removed by Filter", 0) for s in scans) > 0, "leased rows stepped over"
+    assert read <= 2 * bulk * instances, f"{read:.0f} rows read for a claim of {bulk}"
+    assert (plan["Node Type"], plan["Actual Rows"]) == ("ModifyTable", bulk), "a full bulk"
 
 
 async def test_next_due_of_a_free_request_is_a_loadable_time_in_the_past(

@@ -80,3 +80,49 @@ def test_run_help_names_the_split_flags() -> None:
     result = tidings("run", "--help", env=clean_env())
     for flag in ("--workers", "--retry-workers", "--no-projector", "--until-idle"):
         assert flag in result.stdout
+
+
+def test_a_process_that_would_run_nothing_says_so_and_fails(conninfo: str) -> None:
+    """It used to exit 0 after a second, so a misconfigured pod restarted forever."""
+    env = clean_env(TIDINGS_DATABASE_URL=conninfo)
+    flags = tidings("run", "--workers", "0", "--retry-workers", "0", "--no-projector", env=env)
+    assert flags.returncode == 1
+    assert "nothing would run" in flags.stderr
+    assert "--workers 0" in flags.stderr and "--retry-workers 0" in flags.stderr
+    settings_env = clean_env(
+        TIDINGS_DATABASE_URL=conninfo,
+        TIDINGS_NOTIFICATIONS_WORKERS="0",
+        TIDINGS_NOTIFICATIONS_RETRY_WORKERS="0",
+    )
+    configured = tidings("run", "--no-projector", env=settings_env)
+    assert configured.returncode == 1
+    assert "notifications.workers is 0 (TIDINGS_NOTIFICATIONS_WORKERS)" in configured.stderr
+    assert "notifications.retry_workers is 0" in configured.stderr
+
+
+async def test_run_says_what_it_runs_and_names_the_outbox_only_when_used(
+    db: Database, conninfo: str
+) -> None:
+    code = CodeCipher.from_settings(CRYPTO).encrypt("RESET-4821").model_dump()
+    await db.store.append([user_added()])
+    await db.store.append([code_event("user.human.password.code.added", code=code)])
+    base = {"TIDINGS_DATABASE_URL": conninfo, "TIDINGS_CRYPTO_KEYS": f"k1={KEY}"}
+
+    only_projector = tidings(
+        "run", "--until-idle", "--workers", "0", "--retry-workers", "0", env=clean_env(**base)
+    )
+    assert only_projector.returncode == 0, only_projector.stderr
+    assert (
+        "running: projector yes, 0 request and 0 retry workers; email via filesystem, "
+        "sms via filesystem" in only_projector.stderr
+    )
+    assert "no request or retry workers in this process" in only_projector.stderr
+
+    logged = tidings(
+        "run", "--until-idle", "--no-projector",
+        env=clean_env(**base, TIDINGS_CHANNELS_EMAIL="log", TIDINGS_CHANNELS_SMS="log"),
+    )  # fmt: skip
+    assert logged.returncode == 0, logged.stderr
+    assert "running: projector no, 1 request and 1 retry workers; email via log" in logged.stderr
+    assert "1 notifications settled" in logged.stdout
+    assert "outbox" not in logged.stdout, "nothing was written to the filesystem outbox"

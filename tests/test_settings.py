@@ -89,12 +89,33 @@ def test_database_url_and_data_dir_variables(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TIDINGS_DATA_DIR", "/srv/tidings-pg")
     s = load_settings()
     assert s.database.url is None
-    assert s.database.embedded_data_dir() == Path("/srv/tidings-pg")
+    assert s.database.embedded_data_dir() == Path("/srv/tidings-pg/pgdata")
+    assert s.channels.filesystem.outbox(s.database.data_folder()) == Path("/srv/tidings-pg/outbox")
     monkeypatch.setenv("TIDINGS_DATABASE_URL", "postgresql://u:pw@db/tidings")
     s = load_settings()
     assert s.database.url is not None
     assert s.database.url.get_secret_value() == "postgresql://u:pw@db/tidings"
     assert "pw" not in repr(s)
+
+
+def test_everything_tidings_writes_stays_in_its_data_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """TIDINGS_DATA_DIR=/srv/x: the database in /srv/x/pgdata, the outbox in /srv/x/outbox
+    (it was /srv/outbox, shared by every data folder beside it); an older data_dir that
+    is itself a PostgreSQL data folder stays one."""
+    for name in ("a", "b"):
+        monkeypatch.setenv("TIDINGS_DATA_DIR", str(tmp_path / name))
+        s = load_settings()
+        assert s.database.embedded_data_dir() == tmp_path / name / "pgdata"
+        outbox = s.channels.filesystem.outbox(s.database.data_folder())
+        assert outbox == tmp_path / name / "outbox"
+        assert outbox.is_relative_to(tmp_path / name)
+    old = tmp_path / "old-pgdata"
+    old.mkdir()
+    (old / "PG_VERSION").write_text("16\n")
+    monkeypatch.setenv("TIDINGS_DATA_DIR", str(old))
+    assert load_settings().database.embedded_data_dir() == old
 
 
 def test_default_data_dir_is_under_the_user_data_directory() -> None:

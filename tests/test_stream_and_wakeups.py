@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.helpers import event
-from tidings.eventstore import EventQuery, EventStore, WakeUp, wakeups
+from tidings.eventstore import EventQuery, EventStore, NewEvent, WakeUp, wakeups
 
 
 async def test_stream_reads_in_batches_from_a_server_side_cursor(
@@ -99,4 +99,27 @@ async def test_listener_reconnects_after_losing_its_connection(
                 break
         assert woke is not None and woke.position is not None
     finally:
+        await stream.aclose()
+
+
+async def test_on_listening_says_when_an_append_can_no_longer_be_missed(
+    store: EventStore, conninfo: str
+) -> None:
+    """A consumer that reads after on_listening fired gets a wake-up for any later append."""
+    listening = asyncio.Event()
+    stream = wakeups(conninfo, timeout=5, on_listening=listening.set)
+    first = asyncio.ensure_future(anext(stream))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        late = NewEvent(
+            instance_id="acme",
+            aggregate_type="user",
+            aggregate_id="u-late",
+            event_type="user.human.added",
+        )
+        await store.append([late])
+        woke = await asyncio.wait_for(first, 10)
+        assert woke is not None and "user.human.added" in woke.event_types
+    finally:
+        first.cancel()
         await stream.aclose()

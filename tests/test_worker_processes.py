@@ -306,7 +306,7 @@ async def test_four_processes_race_and_send_each_notification_exactly_once(
     deliveries = sink.deliveries()
     assert {d.attempt for d in deliveries} == {1}
     assert_once(Counter(d.notification_id for d in deliveries), ids, "delivered")
-    assert_once(Counter(d.webhook_id.removesuffix("-1") for d in deliveries), ids, "delivered")
+    assert_once(Counter(d.webhook_id for d in deliveries), ids, "delivered")
 
     logged = [worker.sent() for worker in workers]
     assert_once(Counter(i for sends in logged for i, _ in sends), ids, "logged as sent")
@@ -416,7 +416,7 @@ async def test_sigterm_finishes_the_sends_in_flight_and_leaves_the_rest_pending(
 async def test_request_and_retry_workers_split_across_processes(
     db: Database, conninfo: str, sink: Sink, start: Start
 ) -> None:
-    sink.status_for = lambda d: 503 if d.webhook_id == "n-flaky-1" else 200
+    sink.status_for = lambda d: 503 if (d.webhook_id, d.attempt) == ("n-flaky", 1) else 200
     settings = {"min_retry_delay": "200ms", "max_retry_delay": "500ms"}
     env = process_env(conninfo, sink, **settings)
     await create(db, sink, ["n-flaky", "n-fine"])
@@ -444,7 +444,7 @@ async def test_request_and_retry_workers_split_across_processes(
     await wait_for(at_least(db, "notification.sent", 2), "the late request to be sent")
     assert requests_only.stop() == 0, requests_only.output()
     assert requests_only.sent() == [("n-late", 1)]
-    assert sorted(d.webhook_id for d in sink.deliveries()) == ["n-fine-1", "n-flaky-1", "n-late-1"]
+    assert sorted(d.webhook_id for d in sink.deliveries()) == ["n-fine", "n-flaky", "n-late"]
     assert (await pending_rows(db))["n-flaky"]["kind"] == "retry"
 
     # A retry-only batch run sends the retry and leaves a new request alone.
@@ -458,7 +458,8 @@ async def test_request_and_retry_workers_split_across_processes(
     assert "1 notifications settled" in retries.stdout
     assert "n-flaky instance acme attempt 2" in retries.stderr
 
-    assert sink.deliveries()[-1].webhook_id == "n-flaky-2"
+    last = sink.deliveries()[-1]
+    assert (last.webhook_id, last.attempt) == ("n-flaky", 2), "one key for every attempt"
     assert len(sink.deliveries()) == 4, "n-waiting was not sent"
     assert await event_types(db, "n-flaky") == [
         "notification.requested",

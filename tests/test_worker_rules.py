@@ -1,16 +1,20 @@
-"""The worker pool's rules, each with an injected clock and random source.
+"""The worker pool end to end: the lifecycle's decisions through a real channel.
 
-Messages go through the real webhook channel to a local HTTP server, which
-answers as a provider would (success, 503 with Retry-After, 400, ...).
+The rules themselves are tested pure in tests/unit/test_lifecycle.py; these
+tests check that the workers read the queue, ask the lifecycle, send and record
+what it decided. Messages go through the real webhook channel to a local HTTP
+server, which answers as a provider would (success, 503, 400, ...).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.http_peer import HttpPeer, Reply, serve_http
@@ -25,8 +29,8 @@ from tests.worker_helpers import (
 )
 from tidings.config import Settings
 from tidings.eventstore import Database, EventQuery, NewEvent
-from tidings.notification.backoff import Backoff
 from tidings.notification.events import Canceled, RetryRequested, Sent
+from tidings.notification.requests import SourceRef
 from tidings.service import Service
 from tidings.workers import Outcome
 
@@ -49,6 +53,18 @@ async def harness(db: Database, peer: HttpPeer) -> AsyncIterator[Callable[..., H
     yield make
     for h in made:
         await h.close()
+
+
+def source_ref(user_id: str, position: int, *, created_at: datetime | None = None) -> SourceRef:
+    """The source event of a request: a password code added at `position` of the log."""
+    return SourceRef(
+        aggregate_type="user",
+        aggregate_id=user_id,
+        sequence=1,
+        event_type="user.human.password.code.added",
+        position=position,
+        created_at=created_at or datetime.now(UTC),
+    )
 
 
 class Harness:
@@ -102,7 +118,7 @@ async def test_sent_records_the_outcome_and_the_source_sent_event(
     assert body["notification_id"] == "n-1" and body["attempt"] == 1
     assert body["to"]["address"] == "user-ada@example.com"
     assert "482913" in body["content"]["text"], "the decrypted code is in the message"
-    assert delivery.headers["webhook-id"] == "n-1-1"
+    assert delivery.headers["webhook-id"] == "n-1"
 
     events = await h.events("n-1")
     assert [t for t, _ in events] == ["notification.requested", "notification.sent"]
@@ -152,18 +168,6 @@ async def test_transient_failure_retries_with_backoff_from_the_snapshot(
     assert [t for t, _ in await h.events("n-1")][-1] == "notification.sent"
 
 
-async def test_retry_after_hint_wins_when_later_than_the_backoff(
-    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
-) -> None:
-    h = harness()
-    await h.setup(requested("n-1"))
-    peer.script(Reply(429, {"Retry-After": "120"}))
-    await h.round()
-    retry = RetryRequested.model_validate((await h.events("n-1"))[1][1])
-    assert retry.due_at == h.clock.now + timedelta(seconds=120)
-    assert retry.backoff == timedelta(seconds=1)
-
-
 async def test_max_attempts_cancels_and_nothing_follows(
     db: Database, peer: HttpPeer, harness: Callable[..., Harness]
 ) -> None:
@@ -184,27 +188,6 @@ async def test_max_attempts_cancels_and_nothing_follows(
     h.clock.advance(timedelta(minutes=1))
     assert await h.round("retry") == [] and await h.round() == []
     assert len(peer.requests) == 3
-
-
-async def test_max_attempts_one_means_no_retry(
-    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
-) -> None:
-    h = harness(max_attempts=1)
-    await h.setup(requested("n-1"))
-    peer.script(Reply(503))
-    assert [o.reason for o in await h.round()] == ["max_attempts"]
-
-
-async def test_permanent_error_cancels_at_once(
-    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
-) -> None:
-    h = harness()
-    await h.setup(requested("n-1"))
-    peer.script(Reply(400, body=b'{"error": "bad recipient"}'))
-    assert [o.reason for o in await h.round()] == ["permanent_error"]
-    canceled = Canceled.model_validate((await h.events("n-1"))[-1][1])
-    assert canceled.reason == "permanent_error" and "400" in canceled.error
-    assert await h.pending() == []
 
 
 async def test_a_provider_quoting_the_code_never_puts_it_in_the_log(
@@ -239,18 +222,6 @@ async def test_expired_notifications_are_canceled_never_sent(
     assert "max_ttl (5m)" in canceled.error
 
 
-async def test_expiry_also_applies_to_retries(
-    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
-) -> None:
-    h = harness(max_ttl=timedelta(minutes=1), max_attempts=5)
-    await h.setup(requested("n-1"))
-    peer.script(Reply(503))
-    await h.round()
-    h.clock.advance(timedelta(minutes=2))
-    assert [o.reason for o in await h.round("retry")] == ["expired"]
-    assert len(peer.requests) == 1
-
-
 async def test_removed_or_unknown_users_cancel(
     db: Database, peer: HttpPeer, harness: Callable[..., Harness]
 ) -> None:
@@ -264,26 +235,81 @@ async def test_removed_or_unknown_users_cancel(
     )  # fmt: skip
     await users_projected(db, h.settings)
     outcomes = await h.round()
-    assert sorted(o.reason or "" for o in outcomes) == ["user_removed", "user_removed"]
+    assert sorted(o.reason or "" for o in outcomes) == ["user_removed", "user_unknown"]
     assert peer.requests == []
     ghost = Canceled.model_validate((await h.events("n-ghost"))[-1][1])
-    assert "not in the users read model" in ghost.error
+    assert ghost.reason == "user_unknown" and "not in the users read model" in ghost.error
+    bob = Canceled.model_validate((await h.events("n-bob"))[-1][1])
+    assert bob.reason == "user_removed"
 
 
-async def test_user_removed_between_attempts_cancels_the_retry(
+async def test_a_user_the_users_model_has_not_read_yet_is_waited_for(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness], conninfo: str
+) -> None:
+    """The request's source event lies beyond the users projection's checkpoint: the
+    worker puts the notification off (no attempt, no event), and sends it once the
+    model has the user. It was canceled as user_removed at once before."""
+    h = harness()
+    await h.setup()
+    await db.store.append([user_added("user-late")])  # not projected yet
+    source_position = await db.store.last_position()
+    await db.store.append(
+        [requested("n-late", user_id="user-late", source=source_ref("user-late", source_position))]
+    )
+    outcomes = await h.round()
+    assert [o.result for o in outcomes] == ["wait"]
+    assert "not in the users read model yet" in (outcomes[0].reason or "")
+    assert [t for t, _ in await h.events("n-late")] == ["notification.requested"]
+    (row,) = await h.pending()
+    assert (row["kind"], row["attempts"]) == ("request", 0)
+    assert peer.requests == []
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        cur = await conn.execute("SELECT leased_until, claims FROM tidings.pending_notifications")
+        ((leased_until, claims),) = await cur.fetchall()
+    assert leased_until == h.clock.now + timedelta(seconds=1), "put off for a second only"
+    assert claims == 0, "a wait is not counted as a claim whose lease ran out"
+
+    await users_projected(db, h.settings)
+    assert await h.round() == [], "put off: not claimable yet"
+    h.clock.advance(timedelta(seconds=1))
+    assert [o.result for o in await h.round()] == ["sent"]
+    assert peer.requests[-1].json()["to"]["address"] == "user-late@example.com"
+    sent = Sent.model_validate((await h.events("n-late"))[-1][1])
+    assert sent.attempt == 1, "the wait was no attempt"
+
+
+async def test_an_expired_code_is_never_sent_on_a_retry(
     db: Database, peer: HttpPeer, harness: Callable[..., Harness]
 ) -> None:
+    """The code is valid 1 minute; the first attempt fails, the retry comes after the
+    code expired (but within max_ttl): canceled as code_expired, nothing sent again."""
+    h = harness(max_ttl=timedelta(minutes=30))
+    source = source_ref("user-ada", 1, created_at=h.clock.now)
+    await h.setup(requested("n-1", source=source, code_expiry=timedelta(minutes=1)))
+    peer.script(Reply(503))
+    assert [o.result for o in await h.round()] == ["retry"]
+    h.clock.advance(timedelta(minutes=2))
+    outcomes = await h.round("retry")
+    assert [(o.result, o.reason) for o in outcomes] == [("canceled", "code_expired")]
+    assert len(peer.requests) == 1, "the expired code never went out"
+    canceled = Canceled.model_validate((await h.events("n-1"))[-1][1])
+    assert (canceled.reason, canceled.attempt) == ("code_expired", 1)
+    assert "its code expired at" in canceled.error
+    assert "482913" not in canceled.error
+
+
+async def test_every_attempt_carries_the_same_webhook_id(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """Attempt 1 fails, attempt 2 succeeds: both carry the notification id as webhook-id,
+    so a receiver that accepted attempt 1 after all can drop attempt 2."""
     h = harness()
     await h.setup(requested("n-1"))
     peer.script(Reply(503))
     await h.round()
-    await db.store.append(
-        [NewEvent(instance_id="acme", aggregate_type="user", aggregate_id="user-ada",
-                  event_type="user.removed", payload={})]
-    )  # fmt: skip
-    await users_projected(db, h.settings)
     h.clock.advance(timedelta(seconds=5))
-    assert [o.reason for o in await h.round("retry")] == ["user_removed"]
+    assert [o.result for o in await h.round("retry")] == ["sent"]
+    assert [r.headers["webhook-id"] for r in peer.requests] == ["n-1", "n-1"]
 
 
 async def test_a_late_outcome_is_refused(
@@ -340,7 +366,7 @@ async def test_poison_in_a_bulk_cancels_alone(
         reasons[nid] = (canceled.reason, canceled.error)
     assert reasons["render"][0] == "permanent_error"
     assert "texts.en.yaml:2" in reasons["render"][1]
-    assert reasons["vanished"][0] == "user_removed"
+    assert reasons["vanished"][0] == "user_unknown"
     assert reasons["unconfigured"][0] == "permanent_error"
     assert "TIDINGS_CHANNELS_TWILIO" in reasons["unconfigured"][1]
     assert sorted(r.json()["notification_id"] for r in peer.requests) == ["ok-1", "ok-2"]
@@ -357,52 +383,36 @@ async def test_an_unreadable_request_is_canceled(
     assert [o.reason for o in await h.round()] == ["invalid_request"]
 
 
-async def test_backoff_grows_within_bounds_and_caps() -> None:
-    draws: list[tuple[float, float]] = []
+async def test_a_wake_up_during_the_idle_check_is_not_lost(
+    db: Database, peer: HttpPeer, harness: Callable[..., Harness]
+) -> None:
+    """A request is appended while a worker that found nothing is still deciding how
+    long to sleep (slowed on purpose): it is sent at once, not after the 30 s poll.
+    Clearing the wake-up after that check used to erase the append's notify."""
+    h = harness(requeue_every=timedelta(seconds=30), retry_requeue_every=timedelta(seconds=30))
+    await h.setup()
+    pool = h.service.pool
+    idle_wait = pool._idle_wait
+    appended = asyncio.Event()
 
-    def top(low: float, high: float) -> float:
-        draws.append((low, high))
-        return high
+    async def slow_idle_wait(kind: Any, interval: float) -> float:
+        wait = await idle_wait(kind, interval)  # nothing due: the whole interval
+        if kind == "request" and not appended.is_set():
+            appended.set()
+            await db.store.append([requested("n-1")])
+            await asyncio.sleep(0.5)  # the slow part: the notify arrives meanwhile
+        return wait
 
-    b = Backoff(
-        min_delay=timedelta(seconds=1), max_delay=timedelta(seconds=20), factor=2, uniform=top
-    )
-    delays = []
-    previous = None
-    for _ in range(7):
-        previous = b.next(previous)
-        delays.append(previous.total_seconds())
-    assert delays == [2, 4, 8, 16, 20, 20, 20]
-    assert draws[:3] == [(1, 2), (2, 4), (4, 8)]
-
-
-@pytest.mark.parametrize("factor", [0.5, 1.0, 0.0])
-async def test_backoff_factor_below_one_counts_as_one(factor: float) -> None:
-    def never(low: float, high: float) -> float:
-        raise AssertionError("an empty range must not be drawn from")
-
-    b = Backoff(
-        min_delay=timedelta(seconds=3),
-        max_delay=timedelta(seconds=20),
-        factor=factor,
-        uniform=never,
-    )
-    assert b.next(None) == b.next(timedelta(seconds=3)) == timedelta(seconds=3)
-
-
-async def test_backoff_random_draws_stay_in_range() -> None:
-    import random
-
-    rng = random.Random(7)
-    b = Backoff(
-        min_delay=timedelta(seconds=1),
-        max_delay=timedelta(seconds=20),
-        factor=1.5,
-        uniform=rng.uniform,
-    )
-    previous = None
-    for _ in range(30):
-        current = b.next(previous)
-        low = (previous or timedelta(seconds=1)).total_seconds()
-        assert low <= current.total_seconds() <= min(low * 1.5, 20)
-        previous = current
+    pool._idle_wait = slow_idle_wait  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(pool.run(stop=stop, workers=1, retry_workers=0))
+    try:
+        await asyncio.wait_for(appended.wait(), 10)
+        for _ in range(200):  # up to 10 s, a third of the poll: only the wake-up explains it
+            if peer.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert [r.json()["notification_id"] for r in peer.requests] == ["n-1"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)

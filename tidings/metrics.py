@@ -13,12 +13,16 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tidings.notification.lifecycle import CancelReason, Verdict
+
 NO_CHANNEL = "-"
 """The channel label of an attempt that reached no channel (expired, user gone, ...)."""
 
 KINDS = ("request", "retry")
-ATTEMPT_OUTCOMES = ("sent", "retry", "canceled", "refused", "unrecorded")
-CANCEL_REASONS = ("max_attempts", "expired", "permanent_error", "user_removed", "invalid_request")
+# What the lifecycle decided (sent, retry, canceled), or that its decision was not
+# recorded: refused (settled by another worker first), unrecorded (no database).
+ATTEMPT_OUTCOMES = (*(v.value for v in Verdict if v is not Verdict.SEND), "refused", "unrecorded")
+CANCEL_REASONS = tuple(reason.value for reason in CancelReason)
 
 # Provider round trips: a few milliseconds (local) up to the send timeout.
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,14 @@ from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff, Uniform
 from tidings.notification.requests import NotifyUser
 from tidings.notification.setup import build_channels, build_composer
-from tidings.projections import LeaderLock, Projector, default_projections, notify_users
-from tidings.workers import AttemptRunner, WorkerPool
+from tidings.projections import (
+    LeaderLock,
+    Projector,
+    default_projections,
+    notify_users,
+    users_checkpoint,
+)
+from tidings.workers import AttemptRunner, Claimed, WorkerPool
 
 log = logging.getLogger("tidings")
 
@@ -46,6 +53,8 @@ class Service:
             composer=build_composer(settings),
             channels=self.channels,
             users=self.users,
+            users_checkpoint=self.users_checkpoint,
+            release=self.release,
             settings=n,
             backoff=Backoff(
                 min_delay=n.min_retry_delay,
@@ -65,13 +74,22 @@ class Service:
 
     @property
     def outbox(self) -> Path:
-        return self._settings.channels.filesystem.outbox(self._settings.database.default_outbox())
+        return self._settings.channels.filesystem.outbox(self._settings.database.data_folder())
 
     async def users(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], NotifyUser]:
         """The users read model's answer for a bulk, for the workers."""
         with translated_errors():
             async with single_statement(self._db.pool) as conn:  # one SELECT
                 return await notify_users(conn, keys)
+
+    async def users_checkpoint(self) -> int:
+        """How far the users read model has read the log, for the workers."""
+        with translated_errors():
+            async with self._db.pool.connection() as conn:
+                return await users_checkpoint(conn)
+
+    async def release(self, put_off: list[tuple[Claimed, datetime]]) -> None:
+        await self.pool.queue.release(put_off)
 
     def leader(self) -> LeaderLock:
         return LeaderLock(

@@ -24,20 +24,13 @@ from tidings.eventstore import DatabaseUnavailable, StoredEvent
 from tidings.eventstore.errors import translate
 from tidings.projections import UsersProjection
 from tidings.projections.base import Connection
-from tidings.projections.sql import query as projection_query
+from tidings.projections.users import users_checkpoint as users_checkpoint
 
 COPY_SCHEMA = "pg_temp"
 COPY_TABLE = "tidings_audit_users"
 COPY = sql.Identifier(COPY_SCHEMA, COPY_TABLE)
 
 USERS_EVENT_TYPES = sorted(UsersProjection.event_types)
-
-
-async def users_checkpoint(conn: Connection) -> int:
-    """Where the live users model stands: the users projection's checkpoint (0: never ran)."""
-    cur = await conn.execute(projection_query("checkpoint_get"), {"name": UsersProjection.name})
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 async def users_events_upto(conn: Connection, upto: int) -> int:

@@ -9,29 +9,13 @@ the log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from tidings.audit.report import Violation, ViolationLog
-from tidings.notification.events import (
-    CANCELED,
-    PAYLOADS,
-    RETRY_REQUESTED,
-    SENT,
-    SETTLED,
-    Canceled,
-    RetryRequested,
-    Sent,
-)
+from tidings.notification.events import CANCELED, RETRY_REQUESTED, SENT
+from tidings.notification.lifecycle import IllegalEvent, NotificationState, step
 from tidings.notification.requests import NOTIFICATION_AGGREGATE, REQUESTED
-
-# How the workers number attempts (tidings.workers.attempt): attempt k is the
-# one after k - 1 failed ones; retry.requested and sent carry the attempt that
-# was made. canceled carries the number of attempts made: the failed attempt
-# included when an attempt was made and failed (permanent error, the last
-# allowed attempt), not when the worker canceled before sending.
-_CANCELED_AFTER_AN_ATTEMPT = frozenset({"permanent_error", "max_attempts"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +29,7 @@ class LogEvent:
     event_type: str
     payload: dict[str, Any] | None
     position: int
+    created_at: datetime
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> LogEvent:
@@ -53,15 +38,6 @@ class LogEvent:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.instance_id, self.aggregate_type, self.aggregate_id)
-
-
-@dataclass
-class _Notification:
-    """What the walk remembers of the notification it is in."""
-
-    settled_by: LogEvent | None = None
-    failed_attempts: int = 0  # the last retry.requested's attempt
-    over_max_reported: bool = False
 
 
 @dataclass
@@ -76,10 +52,14 @@ class WalkCounts:
 class AggregateWalk:
     """Checks each aggregate as its events go by: sequences, and a notification's life.
 
-    sequence-gap for every aggregate; for notifications also
-    starts-with-requested, settled-once, attempts, unreadable-payload and
-    unknown-event-type. Every check is done as the event goes by, so nothing is
-    left to check after the last one.
+    sequence-gap for every aggregate; a notification's events are folded with
+    the lifecycle (tidings.notification.lifecycle.step), and every rule an
+    event breaks is reported (starts-with-requested, settled-once, attempts,
+    unreadable-payload, unknown-event-type); the walk goes on from the state a
+    reader continuing past it sees. attempts also compares the attempts made
+    with notifications.max_attempts: a setting, not a rule of the log. Every
+    check is done as the event goes by, so nothing is left to check after the
+    last one.
     """
 
     def __init__(self, *, max_attempts: int, violations: ViolationLog) -> None:
@@ -88,33 +68,28 @@ class AggregateWalk:
         self.counts = WalkCounts()
         self._key: tuple[str, str, str] | None = None
         self._next_sequence = 1
-        self._notification: _Notification | None = None
+        self._is_notification = False
+        self._state: NotificationState | None = None
+        self._over_max_reported = False
 
     def feed(self, event: LogEvent) -> None:
-        first = event.key != self._key
-        if first:
+        if event.key != self._key:
             self._start(event)
         self.counts.events += 1
         self._check_sequence(event)
         self._next_sequence = event.sequence + 1
-        if self._notification is not None:
-            self._check_notification(self._notification, event, first=first)
+        if self._is_notification:
+            self._check_notification(event)
 
     def _start(self, event: LogEvent) -> None:
         self._key = event.key
         self._next_sequence = 1
         self.counts.aggregates += 1
-        is_notification = event.aggregate_type == NOTIFICATION_AGGREGATE
-        self._notification = _Notification() if is_notification else None
-        if is_notification:
+        self._is_notification = event.aggregate_type == NOTIFICATION_AGGREGATE
+        self._state = None
+        self._over_max_reported = False
+        if self._is_notification:
             self.counts.notifications += 1
-            if event.sequence != 1 or event.event_type != REQUESTED:
-                self._report(
-                    "starts-with-requested",
-                    event,
-                    f"the first event is {event.event_type} at sequence {event.sequence}; a "
-                    f"notification starts with {REQUESTED} at sequence 1",
-                )
 
     def _check_sequence(self, event: LogEvent) -> None:
         expected = self._next_sequence
@@ -130,90 +105,31 @@ class AggregateWalk:
             f"the aggregate {where} sequence {event.sequence}: sequence {missing} missing",
         )
 
-    def _check_notification(self, state: _Notification, event: LogEvent, *, first: bool) -> None:
+    def _check_notification(self, event: LogEvent) -> None:
         if event.event_type == REQUESTED:
             self.counts.requests += 1
-            if not first and state.settled_by is None:
-                self._report(
-                    "starts-with-requested",
-                    event,
-                    f"{REQUESTED} again at sequence {event.sequence}; only sequence 1 requests",
-                )
         elif event.event_type == SENT:
             self.counts.sent += 1
-        settled = state.settled_by
-        if settled is not None:
-            again = "settled again by" if event.event_type in SETTLED else "followed by"
-            self._report(
-                "settled-once",
-                event,
-                f"{settled.event_type} at sequence {settled.sequence} is {again} "
-                f"{event.event_type} at sequence {event.sequence}; nothing may follow it",
-            )
-            return  # its attempts no longer mean anything
-        payload = self._parse(event)
-        if event.event_type in SETTLED:
-            state.settled_by = event
-        if payload is not None:
-            self._check_attempts(state, event, payload)
-
-    def _parse(self, event: LogEvent) -> BaseModel | None:
-        model = PAYLOADS.get(event.event_type)
-        if model is None:
-            self._report(
-                "unknown-event-type",
-                event,
-                f"{event.event_type} is not a notification event ({', '.join(PAYLOADS)})",
-            )
-            return None
-        try:
-            return model.model_validate(event.payload)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"]) or "payload"
-            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-            self._report(
-                "unreadable-payload",
-                event,
-                f"{event.event_type} does not read as {model.__name__}: "
-                f"{where}: {error['msg']}{more}",
-            )
-            return None
-
-    def _check_attempts(self, state: _Notification, event: LogEvent, payload: BaseModel) -> None:
-        failed = state.failed_attempts
-        if isinstance(payload, RetryRequested | Sent):
-            made = payload.attempt
-            if made != failed + 1:
-                what = "retry.requested for" if event.event_type == RETRY_REQUESTED else "sent on"
-                self._report(
-                    "attempts",
-                    event,
-                    f"{what} attempt {made} after {failed} failed, expected attempt "
-                    f"{failed + 1} (attempts are numbered 1, 2, 3, ...)",
-                )
-            if isinstance(payload, RetryRequested):
-                state.failed_attempts = made
-        elif isinstance(payload, Canceled):
-            made = payload.attempt
-            tried = payload.reason in _CANCELED_AFTER_AN_ATTEMPT
-            expected = failed + 1 if tried else failed
-            if made != expected:
-                self._report(
-                    "attempts",
-                    event,
-                    f"{CANCELED} ({payload.reason}) counts {made} attempts after {failed} "
-                    f"failed, expected {expected}",
-                )
-        else:
+        before = self._state
+        after, refusals = step(before, event)
+        self._state = after
+        for refusal in refusals:
+            self._refused(refusal, event)
+        settled_before = before is not None and not before.status.is_open
+        counted = event.event_type in (RETRY_REQUESTED, SENT, CANCELED)
+        if after is None or settled_before or not counted:
             return
-        if made > self._max_attempts and not state.over_max_reported:
-            state.over_max_reported = True
+        if after.attempts > self._max_attempts and not self._over_max_reported:
+            self._over_max_reported = True
             self._report(
                 "attempts",
                 event,
-                f"attempt {made} is over notifications.max_attempts ({self._max_attempts})",
+                f"attempt {after.attempts} is over notifications.max_attempts "
+                f"({self._max_attempts})",
             )
+
+    def _refused(self, refusal: IllegalEvent, event: LogEvent) -> None:
+        self._report(refusal.rule, event, refusal.message)
 
     def _report(self, rule: str, event: LogEvent, detail: str) -> None:
         self._violations.add(

@@ -4,9 +4,11 @@ A JSON line holds time, level, logger, message, every `extra` field the call
 passed (attempt lines carry instance_id, notification_id, attempt, outcome, ...)
 and, when there is one, the exception as a string.
 
-Whatever the format, every configured secret (Settings.secret_values) is
-masked out of the finished line: the channels keep secrets out of their
-errors, and this is the net under them.
+Whatever the format, every configured secret (Settings.secret_values) and
+every one-time code being sent right now (config.masking.IN_FLIGHT) is masked
+out of the finished line, whichever logger wrote it and at whatever level:
+the channels keep secrets out of their errors, and this is the net under them
+that no new channel or library can slip through.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from tidings.config.masking import MASK
+from tidings.config.masking import IN_FLIGHT, MASK
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -49,7 +51,7 @@ class _Redacting:
         for secret in self._secrets:
             if secret in line:
                 line = line.replace(secret, MASK)
-        return line
+        return IN_FLIGHT.mask(line)
 
 
 class TextFormatter(logging.Formatter):

@@ -8,19 +8,18 @@ import shutil
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import click
 
 from tidings.cli.base import main, parse_time, run, settings_of, table_or_jsonl_option, wants_table
 from tidings.eventstore import open_database
 from tidings.notification.messages import MESSAGE_TYPES
-from tidings.workers.listing import (
+from tidings.views.listing import (
     STATES,
     Listing,
     NotificationFilter,
     NotificationRow,
-    State,
     list_notifications,
 )
 
@@ -104,7 +103,7 @@ def notifications_list(
     filters = NotificationFilter(
         instance_ids=instances,
         user_id=user_id,
-        states=cast(tuple[State, ...], states),
+        states=states,
         message_types=message_types,
         requested_since=since,
         requested_until=until,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -30,8 +31,10 @@ from tidings.eventstore import (
 )
 from tidings.metrics import Metrics
 from tidings.service import Service
-from tidings.workers.history import Step, describe, history
+from tidings.views.history import Step, describe, history
 from tidings.workers.supervisor import Supervisor, usable_cores
+
+log = logging.getLogger("tidings")
 
 
 @main.command("run")
@@ -87,6 +90,15 @@ def run_command(
         settings.notifications.workers if workers is None else workers,
         settings.notifications.retry_workers if retry_workers is None else retry_workers,
     )
+    projector = not no_projector
+    if counts == (0, 0) and not projector:
+        fail(
+            "nothing would run: --no-projector, and no request or retry workers ("
+            + _count_source("--workers", "TIDINGS_NOTIFICATIONS_WORKERS", workers)
+            + ", "
+            + _count_source("--retry-workers", "TIDINGS_NOTIFICATIONS_RETRY_WORKERS", retry_workers)
+            + "); give this process workers, or drop --no-projector"
+        )
     address = metrics_address(settings, metrics_addr)
 
     async def go() -> None:
@@ -101,11 +113,14 @@ def run_command(
                     projector=service.projector, stop=stop,
                 ):  # fmt: skip
                     start = await db.store.last_position()
+                    say_what_runs(
+                        settings, projector=projector, workers=counts[0], retry_workers=counts[1]
+                    )
                     await service.run(
                         stop=stop,
                         workers=counts[0],
                         retry_workers=counts[1],
-                        projector=not no_projector,
+                        projector=projector,
                         until_idle=until_idle,
                     )
                     if until_idle:
@@ -143,6 +158,35 @@ def supervise(settings: Settings, processes: int, address: tuple[str, int] | Non
     return run(go())
 
 
+def _count_source(flag: str, variable: str, given: int | None) -> str:
+    """Where a worker count of 0 came from: the flag, or the setting."""
+    if given is not None:
+        return f"{flag} {given}"
+    return f"{variable.removeprefix('TIDINGS_').lower().replace('_', '.', 1)} is 0 ({variable})"
+
+
+def say_what_runs(settings: Settings, *, projector: bool, workers: int, retry_workers: int) -> None:
+    """One line at start: what this process runs; a warning when it sends nothing."""
+    channels = settings.channels
+    overrides = len(channels.instances)
+    sends = f"email via {channels.email}, sms via {channels.sms}" + (
+        f" ({overrides} instance{'s' if overrides != 1 else ''} override this)" if overrides else ""
+    )
+    log.info(
+        "running: projector %s, %d request and %d retry workers; %s",
+        "yes" if projector else "no", workers, retry_workers, sends,
+        extra={"projector": projector, "request_workers": workers,
+               "retry_workers": retry_workers, "email_channel": channels.email,
+               "sms_channel": channels.sms, "channel_overrides": overrides},
+    )  # fmt: skip
+    if workers == 0 and retry_workers == 0:
+        log.warning(
+            "no request or retry workers in this process: it only projects, and sends "
+            "nothing (--workers/--retry-workers, notifications.workers/retry_workers); "
+            "make sure other processes run workers"
+        )
+
+
 async def print_outcomes(db: Database, after: int, outbox: Path) -> None:
     """What a batch run did: each notification settled since `after`."""
     settled = await db.store.query(
@@ -150,7 +194,12 @@ async def print_outcomes(db: Database, after: int, outbox: Path) -> None:
     )
     for event in settled:
         click.echo(f"{event.instance_id} notification {event.aggregate_id}: {describe(event)}")
-    click.echo(f"{len(settled)} notifications settled; filesystem channel outbox: {outbox}")
+    wrote_files = any(
+        e.event_type == "notification.sent" and e.payload.get("channel") == "filesystem"
+        for e in settled
+    )
+    where = f"; filesystem channel outbox: {outbox}" if wrote_files else ""
+    click.echo(f"{len(settled)} notifications settled{where}")
 
 
 @main.command("history")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -22,6 +24,84 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, MASK)
     return text
+
+
+class SecretsInFlight:
+    """Strings no log line may show while they are in use: the one-time codes being sent.
+
+    A worker holds a message's code (in every spelling a provider may quote)
+    from rendering until its outcome is decided; the log formatters mask
+    whatever is held, in every line of every logger, at every level. So a
+    channel, or a library under it (aiosmtplib at DEBUG), that logs a
+    provider's reply quoting the code cannot leak it, and a new channel cannot
+    forget to mask.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}  # how many attempts hold each string
+        self._lock = threading.Lock()  # log lines may be formatted on other threads
+        self._longest_first: tuple[str, ...] | None = ()  # None: to be sorted again
+
+    def holding(self, values: Iterable[str]) -> _Holding:
+        """A context in which `values` are masked out of every log line."""
+        held: list[str] = []
+        for value in values:
+            if value and value not in held:
+                held.append(value)
+                # JSON lines escape some characters: hold that spelling as well.
+                if _JSON_ESCAPED.search(value):
+                    held.append(json.dumps(value, ensure_ascii=False)[1:-1])
+        return _Holding(self, held)
+
+    def _take(self, held: list[str]) -> None:
+        with self._lock:
+            for value in held:
+                self._held[value] = self._held.get(value, 0) + 1
+            self._longest_first = None
+
+    def _give_back(self, held: list[str]) -> None:
+        with self._lock:
+            for value in held:
+                left = self._held[value] - 1
+                if left:
+                    self._held[value] = left
+                else:
+                    del self._held[value]
+            self._longest_first = None
+
+    def mask(self, text: str) -> str:
+        """`text` with everything held now replaced by ***, longest first."""
+        secrets = self._longest_first
+        if secrets is None:  # sorted once per change, and only when a line is written
+            with self._lock:
+                secrets = self._longest_first = tuple(sorted(self._held, key=len, reverse=True))
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+class _Holding:
+    """What SecretsInFlight.holding returns: holds its strings while the block runs."""
+
+    __slots__ = ("_held", "_registry")
+
+    def __init__(self, registry: SecretsInFlight, held: list[str]) -> None:
+        self._registry = registry
+        self._held = held
+
+    def __enter__(self) -> None:
+        if self._held:
+            self._registry._take(self._held)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self._registry._give_back(self._held)
+
+
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+IN_FLIGHT = SecretsInFlight()
+"""The process's codes in flight; tidings.cli.logs masks them out of every line."""
 
 
 def mask_url(url: str) -> str:

@@ -64,15 +64,27 @@ class DatabaseSettings(_Section):
             )
         return self
 
-    def default_outbox(self) -> Path:
-        """The outbox beside the embedded data folder: <user data dir>/tidings/outbox."""
-        return self.embedded_data_dir().parent / "outbox"
+    def data_folder(self) -> Path:
+        """The one folder tidings writes into by default: data_dir, or <user data dir>/tidings.
 
-    def embedded_data_dir(self) -> Path:
-        """Where the embedded PostgreSQL keeps its data when no url is set."""
+        The embedded PostgreSQL keeps its data in <data folder>/pgdata and the
+        filesystem channel writes into <data folder>/outbox, so two data folders
+        never share anything.
+        """
         if self.data_dir is not None:
             return self.data_dir.expanduser()
-        return Path(platformdirs.user_data_dir("tidings")) / "pgdata"
+        return Path(platformdirs.user_data_dir("tidings"))
+
+    def embedded_data_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its data when no url is set: <data folder>/pgdata.
+
+        A data_dir that already is an embedded PostgreSQL's folder (before 0.2 it
+        named the pgdata folder itself) stays one, so an upgrade finds its data.
+        """
+        folder = self.data_folder()
+        if self.data_dir is not None and (folder / "PG_VERSION").exists():
+            return folder
+        return folder / "pgdata"
 
 
 class NotificationSettings(_Section):
@@ -148,9 +160,11 @@ class ChannelChoice(_Section):
 class FilesystemChannelSettings(_Section):
     outbox_dir: Path | None = None
 
-    def outbox(self, default: Path) -> Path:
-        """Where messages are written: outbox_dir, or the given default."""
-        return self.outbox_dir.expanduser() if self.outbox_dir is not None else default
+    def outbox(self, data_folder: Path) -> Path:
+        """Where messages are written: outbox_dir, or <data folder>/outbox."""
+        return (
+            self.outbox_dir.expanduser() if self.outbox_dir is not None else data_folder / "outbox"
+        )
 
 
 class SMTPChannelSettings(_Section):

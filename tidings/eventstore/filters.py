@@ -47,7 +47,6 @@ Trail = UserTrail | NotificationTrail
 def compose_select(
     q: EventQuery,
     *,
-    for_update: bool = False,
     trail: Trail | None = None,
     below: int | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
@@ -83,26 +82,14 @@ def compose_select(
         add("e.position > {}", q.position_after)
     if below is not None:
         add("e.position < {}", below)
-    if q.exclude_aggregates_with is not None:
-        add(
-            "NOT EXISTS (SELECT 1 FROM tidings.events x"
-            " WHERE x.instance_id = e.instance_id"
-            " AND x.aggregate_type = e.aggregate_type"
-            " AND x.aggregate_id = e.aggregate_id"
-            " AND x.event_type = ANY({}))",
-            list(q.exclude_aggregates_with),
-        )
     filters = sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
     limit: sql.Composable = sql.SQL("")
     if q.limit is not None:
         limit = sql.SQL("LIMIT {}").format(sql.Placeholder("limit"))
         params["limit"] = q.limit
     if trail is None:
-        lock = sql.SQL("FOR UPDATE OF e SKIP LOCKED") if for_update else sql.SQL("")
-        statement = query("select_events").format(filters=filters, limit=limit, lock=lock)
+        statement = query("select_events").format(filters=filters, limit=limit)
         return statement, params
-    if for_update:
-        raise ValueError("a trail is read for audit, never locked")
     # The trail's instances are pushed into its lookups, so the notifications
     # of other instances are not even looked at.
     params["instance_ids"] = list(q.instance_ids) if q.instance_ids is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import psycopg
@@ -30,12 +30,15 @@ async def wakeups(
     channel: str = EVENTS_CHANNEL,
     reconnect_delays: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 5.0),
     who: str = "",
+    on_listening: Callable[[], None] | None = None,
 ) -> AsyncGenerator[WakeUp | None]:
     """Yield a WakeUp per committed append, or None after `timeout` seconds of quiet.
 
     Reconnects after a lost connection, waiting `reconnect_delays` in turn (the
     last one repeats), and yields None after each reconnect. `who` names the
-    listener's owner in the log (the projector, the workers).
+    listener's owner in the log (the projector, the workers). `on_listening` is
+    called each time LISTEN is in place: a consumer that reads the log only
+    after that never misses an append between its read and its LISTEN.
     """
     failures = 0
     outage = Outage(
@@ -57,6 +60,8 @@ async def wakeups(
             continue
         try:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            if on_listening is not None:
+                on_listening()
             if failures:
                 outage.recovered()
                 failures = 0

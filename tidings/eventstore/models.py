@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from tidings.models import FrozenModel
 
 EVENTS_CHANNEL = "tidings_events"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class NewEvent(_Frozen):
+class NewEvent(FrozenModel):
     """An event to append.
 
     `expected_sequence` is the aggregate's last sequence as the writer saw it
@@ -31,7 +29,7 @@ class NewEvent(_Frozen):
     creator: str = ""
 
 
-class StoredEvent(_Frozen):
+class StoredEvent(FrozenModel):
     """An event as the log holds it."""
 
     instance_id: str
@@ -44,11 +42,6 @@ class StoredEvent(_Frozen):
     creator: str
     created_at: datetime
     position: int
-
-    @property
-    def tx_id(self) -> int:
-        """The id of the transaction that wrote this event."""
-        return self.position >> 16
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> StoredEvent:
@@ -69,7 +62,7 @@ class StoredEvent(_Frozen):
         )
 
 
-class AppendedEvent(_Frozen):
+class AppendedEvent(FrozenModel):
     """Where an appended event landed."""
 
     position: int
@@ -77,12 +70,10 @@ class AppendedEvent(_Frozen):
     created_at: datetime
 
 
-class EventQuery(_Frozen):
+class EventQuery(FrozenModel):
     """Filters for a read of the log; every filter given must hold.
 
     Event types may end in `*` as a wildcard (`notification.*`).
-    `exclude_aggregates_with` drops events of aggregates that have any event of
-    those types (e.g. notifications already sent or canceled).
     """
 
     instance_ids: tuple[str, ...] | None = None
@@ -92,7 +83,6 @@ class EventQuery(_Frozen):
     created_after: datetime | None = None
     created_before: datetime | None = None
     position_after: int | None = None
-    exclude_aggregates_with: tuple[str, ...] | None = None
     limit: int | None = Field(default=None, ge=1)
 
     @field_validator("created_after", "created_before")
@@ -103,7 +93,7 @@ class EventQuery(_Frozen):
         return value
 
 
-class ReadBatch(_Frozen):
+class ReadBatch(FrozenModel):
     """A batch of the ordered reader and where the next read resumes.
 
     `resume_after` may lie past the last event returned: every position up to
@@ -114,7 +104,7 @@ class ReadBatch(_Frozen):
     resume_after: int
 
 
-class WakeUp(_Frozen):
+class WakeUp(FrozenModel):
     """An append committed: the last position and what it touched."""
 
     position: int | None = None

@@ -90,17 +90,9 @@ class EventStore:
         q: EventQuery,
         *,
         conn: Connection | None = None,
-        for_update_skip_locked: bool = False,
     ) -> list[StoredEvent]:
-        """Events matching `q` in position order.
-
-        With `for_update_skip_locked`, the rows are locked for the caller's
-        transaction and rows another transaction holds are passed over, so
-        concurrent workers never get the same event; that needs `conn`.
-        """
-        if for_update_skip_locked and conn is None:
-            raise ValueError("for_update_skip_locked needs the caller's transaction (conn)")
-        statement, params = compose_select(q, for_update=for_update_skip_locked)
+        """Events matching `q` in position order (in the caller's transaction with `conn`)."""
+        statement, params = compose_select(q)
         with translated_errors():
             rows = await self._rows(statement, params, conn)
         return [StoredEvent.from_row(row) for row in rows]

@@ -7,32 +7,34 @@ follows either. Payloads are versioned by their event type.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from tidings.config.durations import Duration
+from tidings.models import FrozenModel
 from tidings.notification.requests import REQUESTED, NotificationRequested, NotifyUser, Request
+from tidings.notification.wire import Duration
 
 RETRY_REQUESTED = "notification.retry.requested"
 SENT = "notification.sent"
 CANCELED = "notification.canceled"
 SETTLED = (SENT, CANCELED)
 
-CancelReason = Literal[
-    "max_attempts",  # the last allowed attempt failed
-    "expired",  # picked up after max_ttl
-    "permanent_error",  # the channel or the message can never work as requested
-    "user_removed",  # the user was removed (or never known) before the message went out
-    "invalid_request",  # the request in the log cannot be read
-]
+
+class CancelReason(StrEnum):
+    """Why a notification was canceled (notification.canceled's `reason`)."""
+
+    MAX_ATTEMPTS = "max_attempts"  # the last allowed attempt failed
+    EXPIRED = "expired"  # picked up after max_ttl
+    PERMANENT_ERROR = "permanent_error"  # the channel or the message can never work
+    USER_REMOVED = "user_removed"  # the user was removed before the message went out
+    INVALID_REQUEST = "invalid_request"  # the request in the log cannot be read
+    CODE_EXPIRED = "code_expired"  # its one-time code expired before the message went out
+    USER_UNKNOWN = "user_unknown"  # the users read model has passed the request, without the user
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RetryRequested(_Frozen):
+class RetryRequested(FrozenModel):
     """Attempt `attempt` failed transiently; the next one is due at `due_at`."""
 
     request: Request
@@ -43,19 +45,19 @@ class RetryRequested(_Frozen):
     due_at: datetime
 
 
-class Sent(_Frozen):
+class Sent(FrozenModel):
     channel: str
     provider_message_id: str
     attempt: int = Field(ge=1)
 
 
-class Canceled(_Frozen):
+class Canceled(FrozenModel):
     reason: CancelReason
     error: str
     attempt: int = Field(ge=0)  # attempts made; 0 when canceled before the first
 
 
-class SourceSent(_Frozen):
+class SourceSent(FrozenModel):
     """Appended on the source aggregate (e.g. user.human.password.code.sent)."""
 
     notification_id: str

@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from tidings.config.durations import Duration
+from tidings.models import FrozenModel
 from tidings.notification.messages import Channel, MessageType
+from tidings.notification.wire import Duration
 
 NOTIFICATION_AGGREGATE = "notification"
 REQUESTED = "notification.requested"
@@ -27,11 +28,7 @@ def notification_id(
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SourceRef(_Frozen):
+class SourceRef(FrozenModel):
     """The source event a notification was requested for."""
 
     aggregate_type: str
@@ -42,7 +39,7 @@ class SourceRef(_Frozen):
     created_at: datetime
 
 
-class Request(_Frozen):
+class Request(FrozenModel):
     """Everything a worker needs to render and send one message.
 
     The code stays encrypted; it is decrypted only to render the message.
@@ -62,13 +59,13 @@ class Request(_Frozen):
     unverified_channel: bool = False
 
 
-class NotificationRequested(_Frozen):
+class NotificationRequested(FrozenModel):
     """Payload of notification.requested."""
 
     request: Request
 
 
-class NotifyUser(_Frozen):
+class NotifyUser(FrozenModel):
     """The user as a message sees it; retries render from the first attempt's copy."""
 
     instance_id: str

@@ -30,4 +30,4 @@ def build_composer(settings: Settings, *, cipher: Decrypter | None = None) -> Me
 
 
 def build_channels(settings: Settings) -> ChannelRegistry:
-    return ChannelRegistry(settings=settings.channels, outbox=settings.database.default_outbox())
+    return ChannelRegistry(settings=settings.channels, data_folder=settings.database.data_folder())

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings.config.durations import Duration
 from tidings.notification.messages import Channel, MessageType
+from tidings.notification.wire import Duration
 
 
 class SourcePayload(BaseModel):

@@ -9,7 +9,12 @@ from tidings.projections.base import InvalidEvent, Projection
 from tidings.projections.leader import LeaderLock
 from tidings.projections.projector import ProjectionStatus, Projector
 from tidings.projections.requests import RequestsProjection
-from tidings.projections.users import UsersProjection, all_users, notify_user, notify_users
+from tidings.projections.users import (
+    UsersProjection,
+    notify_user,
+    notify_users,
+    users_checkpoint,
+)
 
 
 def default_projections(
@@ -34,9 +39,9 @@ __all__ = [
     "Projector",
     "RequestsProjection",
     "UsersProjection",
-    "all_users",
     "default_projections",
     "notify_user",
     "notify_users",
+    "users_checkpoint",
     "utc_now",
 ]

@@ -224,14 +224,21 @@ class Projector:
         With a leader lock, only projects while holding it, and stands by otherwise.
         """
         poll = self._settings.poll_every.total_seconds()
-        wake = asyncio.Event()
-        listener = asyncio.create_task(self._listen(wake, poll))
+        wake, listening = asyncio.Event(), asyncio.Event()
+        listener = asyncio.create_task(self._listen(wake, poll, listening))
         try:
+            # The first read follows the LISTEN, so no append falls between them
+            # (at worst, with the database away, the poll picks it up).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(listening, stop), poll)
             while not stop.is_set():
                 if leader is not None and not await leader.acquire(stop):
                     return
                 checked = time.monotonic()
                 while not stop.is_set():
+                    # Cleared before reading: a wake-up that arrives while the step
+                    # reads stays set and ends the wait below at once.
+                    wake.clear()
                     covered = await self._retrying(
                         self.step, None if not until_idle else 30.0, stop
                     )
@@ -239,7 +246,6 @@ class Projector:
                         continue
                     if until_idle:
                         return
-                    wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(_first(wake, stop), poll)
                     if leader is not None and time.monotonic() - checked >= poll:
@@ -253,9 +259,11 @@ class Projector:
             if leader is not None:
                 await leader.release()
 
-    async def _listen(self, wake: asyncio.Event, poll: float) -> None:
+    async def _listen(self, wake: asyncio.Event, poll: float, listening: asyncio.Event) -> None:
         relevant = set(self._types)
-        async for woke in wakeups(self._db.conninfo, timeout=poll, who="projector"):
+        async for woke in wakeups(
+            self._db.conninfo, timeout=poll, who="projector", on_listening=listening.set
+        ):
             if woke is None or not woke.event_types or relevant & set(woke.event_types):
                 wake.set()
 

@@ -25,7 +25,7 @@ from tidings.notification.sources import (
     SessionOTPChallenged,
 )
 from tidings.projections.base import Connection, InvalidEvent
-from tidings.projections.users import notify_user, parse_payload
+from tidings.projections.users import notify_user, read_source_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class RequestsProjection:
                 position=event.position,
                 event_type=event.event_type,
             )
-        payload = parse_payload(event, source.payload)
+        payload = read_source_payload(event, source.payload)
         where = (
             f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id} "
             f"seq {event.sequence} (position {event.position})"

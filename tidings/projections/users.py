@@ -29,7 +29,7 @@ _STATEMENTS = {
 }
 
 
-def parse_payload(event: StoredEvent, model: type[SourcePayload]) -> Any:
+def read_source_payload(event: StoredEvent, model: type[SourcePayload]) -> Any:
     """The event's payload as its model, or InvalidEvent naming what is wrong."""
     try:
         return model.model_validate(event.payload)
@@ -70,7 +70,7 @@ class UsersProjection:
                 position=event.position,
                 event_type=event.event_type,
             )
-        payload = parse_payload(event, USER_EVENTS[event.event_type])
+        payload = read_source_payload(event, USER_EVENTS[event.event_type])
         params: dict[str, Any] = {
             **payload.model_dump(),
             "instance_id": event.instance_id,
@@ -113,8 +113,12 @@ async def notify_users(
     return {(u.instance_id, u.user_id): u for u in users}
 
 
-async def all_users(conn: Connection) -> list[NotifyUser]:
-    """Every row of the read model, for comparisons and audits."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query("users_all"))
-        return [NotifyUser.model_validate(row) for row in await cur.fetchall()]
+async def users_checkpoint(conn: Connection) -> int:
+    """Where the users read model stands: the users projection's checkpoint (0: never ran).
+
+    Every user event at or below it is in the model; a user unknown to the model
+    whose events all lie below it is unknown for good.
+    """
+    cur = await conn.execute(query("checkpoint_get"), {"name": UsersProjection.name})
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

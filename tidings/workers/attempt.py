@@ -9,6 +9,7 @@ append is refused, so a notification is never settled twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,25 +22,30 @@ from pydantic import ValidationError
 
 from tidings.clock import Clock
 from tidings.config import NotificationSettings
-from tidings.config.durations import format_duration, parse_duration
+from tidings.config.masking import IN_FLIGHT
 from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
 from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff
 from tidings.notification.channels.base import OutgoingMessage
 from tidings.notification.channels.registry import ChannelRegistry
 from tidings.notification.compose import MessageComposer
-from tidings.notification.errors import PermanentSendError, SendError, TransientSendError
-from tidings.notification.events import (
-    CANCELED,
-    RETRY_REQUESTED,
-    SENT,
-    Canceled,
-    CancelReason,
-    RetryRequested,
-    Sent,
-    SourceSent,
+from tidings.notification.errors import SendError, TransientSendError
+from tidings.notification.events import SENT, Sent, SourceSent
+from tidings.notification.lifecycle import (
+    Decision,
+    Delivered,
+    Due,
+    Failed,
+    Happened,
+    NotificationState,
+    Policy,
+    Status,
+    Verdict,
+    decide,
+    describe_validation_error,
 )
 from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotifyUser, Request
+from tidings.notification.wire import parse_duration
 from tidings.workers.queue import Claimed
 from tidings.workers.recording import lease_deadline, while_leased
 
@@ -47,7 +53,11 @@ log = logging.getLogger("tidings.workers")
 
 # Many users at once, by (instance id, user id); unknown ones are left out.
 UserLookup = Callable[[list[tuple[str, str]]], Awaitable[dict[tuple[str, str], NotifyUser]]]
-Result = Literal["sent", "retry", "canceled", "refused", "unrecorded"]
+# Where the users read model stands (the users projection's checkpoint).
+UsersCheckpoint = Callable[[], Awaitable[int]]
+# Put notifications off without an attempt: each claimable again from its time.
+Release = Callable[[list[tuple[Claimed, datetime]]], Awaitable[None]]
+Result = Literal["sent", "retry", "canceled", "wait", "refused", "unrecorded"]
 CREATOR = "tidings-worker"
 
 
@@ -81,6 +91,8 @@ class AttemptRunner:
         composer: MessageComposer,
         channels: ChannelRegistry,
         users: UserLookup,
+        users_checkpoint: UsersCheckpoint,
+        release: Release,
         settings: NotificationSettings,
         backoff: Backoff,
         clock: Clock,
@@ -90,14 +102,19 @@ class AttemptRunner:
         self._composer = composer
         self._channels = channels
         self._users = users
+        self._users_checkpoint = users_checkpoint
+        self._release = release
         self._settings = settings
-        self._backoff = backoff
+        self._policy = Policy(
+            max_attempts=settings.max_attempts,
+            max_ttl=settings.max_ttl,
+            backoff=backoff,
+            # A notification waiting for the users model is looked at again
+            # after a projector poll, not after a whole lease.
+            wait=timedelta(seconds=1),
+        )
         self._clock = clock
         self._metrics = metrics
-
-    async def run(self, claimed: Claimed) -> Outcome:
-        """Attempt one notification (see run_bulk)."""
-        return (await self.run_bulk([claimed]))[0]
 
     async def run_bulk(self, bulk: list[Claimed]) -> list[Outcome]:
         """Attempt a claimed bulk concurrently, then record every outcome.
@@ -115,6 +132,13 @@ class AttemptRunner:
             users = await while_leased(
                 lambda: self._users(keys), deadline=deadline, clock=self._clock
             )
+            # Only when a first attempt finds no user (rare): is the model behind?
+            unknown = any(_user_key(c) not in users and not c.notify_user for c in bulk)
+            checkpoint = (
+                await while_leased(self._users_checkpoint, deadline=deadline, clock=self._clock)
+                if unknown
+                else None
+            )
         except DatabaseUnavailable as exc:
             log.warning(
                 "cannot read the users of a bulk of %d until its lease nearly ran out (%s); "
@@ -127,8 +151,9 @@ class AttemptRunner:
                 for claimed in bulk:
                     self._metrics.attempt("unrecorded", None, _message_type(claimed))
             return outcomes
-        decided = await asyncio.gather(*(self._decide(c, users) for c in bulk))
+        decided = await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
         recorded = await self._record(list(decided), deadline)
+        await self._put_off([d for d in decided if d.outcome.result == "wait"])
         for d in decided:
             outcome = recorded[id(d)]
             self._log(d, outcome, time.monotonic() - d.started)
@@ -136,15 +161,40 @@ class AttemptRunner:
                 self._count(d, outcome, self._metrics)
         return [recorded[id(d)] for d in decided]
 
+    async def _put_off(self, waiting: list[_Decided]) -> None:
+        """Release the leases of notifications that wait (no attempt): due again soon."""
+        if not waiting:
+            return
+        until = self._clock() + self._policy.wait
+        try:
+            await self._release([(d.claimed, until) for d in waiting])
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "could not put off %d waiting notifications (%s); they will be claimed again "
+                "when their lease runs out", len(waiting), exc,
+            )  # fmt: skip
+
     def _count(self, decided: _Decided, outcome: Outcome, metrics: Metrics) -> None:
         metrics.attempt(outcome.result, decided.channel, _message_type(decided.claimed))
         if outcome.result == "canceled" and outcome.reason:
             metrics.cancel(outcome.reason)
 
-    async def _decide(self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]) -> _Decided:
+    async def _decide(
+        self,
+        claimed: Claimed,
+        users: dict[tuple[str, str], NotifyUser],
+        users_checkpoint: int | None,
+    ) -> _Decided:
         started = time.monotonic()
         try:
-            events, outcome, channel = await self._attempt(claimed, users)
+            state, request_error = _state_of(claimed)
+        except (ValidationError, ValueError) as exc:  # a retry's snapshot or backoff
+            state = _unreadable_state(claimed)
+            request_error = _first_error(exc)
+        try:
+            decision, channel = await self._attempt(
+                claimed, state, request_error, users, users_checkpoint
+            )
         except Exception as exc:  # a bug must cost one notification at most, never the pool
             log.exception(
                 "attempt %s of notification %s (instance %s) failed unexpectedly",
@@ -155,141 +205,81 @@ class AttemptRunner:
                     "attempt": claimed.attempt,
                 },
             )  # fmt: skip
-            events, outcome, channel = self._retry_or_cancel(
-                claimed, None, None, f"internal error: {type(exc).__name__}: {exc}", None
-            )
+            failed = Failed(error=f"internal error: {type(exc).__name__}: {exc}", permanent=True)
+            decision, channel = self._decide_now(state, failed), None
+        events = [notification_event(claimed, t, payload) for t, payload in decision.events]
+        if decision.verdict is Verdict.SENT and state.request is not None and channel:
+            events.append(source_sent_event(claimed, state.request, channel))
+        outcome = _outcome(decision)
         return _Decided(claimed, events, outcome, channel, started)
 
+    def _decide_now(self, state: NotificationState, happened: Happened) -> Decision:
+        return decide(state, happened, now=self._clock(), policy=self._policy)
+
     async def _attempt(
-        self, claimed: Claimed, users: dict[tuple[str, str], NotifyUser]
-    ) -> tuple[list[NewEvent], Outcome, str | None]:
-        now = self._clock()
-        if now > claimed.requested_at + self._settings.max_ttl:
-            return self._cancel(
-                claimed, "expired",
-                f"not sent within max_ttl ({format_duration(self._settings.max_ttl)}) "
-                f"of its request at {claimed.requested_at.isoformat()}",
-                attempts=claimed.attempts,
-            ), Outcome("canceled", "expired"), None  # fmt: skip
-        try:
-            request = Request.model_validate(claimed.request)
-            snapshot = (
-                NotifyUser.model_validate(claimed.notify_user) if claimed.notify_user else None
-            )
-        except ValidationError as exc:
-            reason = f"the request in the log cannot be read: {_first_error(exc)}"
-            return (
-                self._cancel(claimed, "invalid_request", reason, attempts=claimed.attempts),
-                Outcome("canceled", "invalid_request"),
-                None,
-            )
-        current = users.get((claimed.instance_id, request.user_id))
-        if current is None and snapshot is None:
-            reason = f"user {request.user_id} is not in the users read model"
-            return self._user_gone(claimed, reason)
-        if current is not None and current.state == "removed":
-            return self._user_gone(claimed, f"user {request.user_id} was removed")
-        # The first attempt snapshots the user; retries render from that snapshot.
-        user = snapshot if snapshot is not None else current
+        self,
+        claimed: Claimed,
+        state: NotificationState,
+        request_error: str | None,
+        users: dict[tuple[str, str], NotifyUser],
+        users_checkpoint: int | None,
+    ) -> tuple[Decision, str | None]:
+        """Ask the lifecycle whether to send; send if so; ask it what the outcome means."""
+        user_id = state.request.user_id if state.request is not None else ""
+        current = users.get((claimed.instance_id, user_id))
+        due = Due(user=current, request_error=request_error, users_checkpoint=users_checkpoint)
+        picked = self._decide_now(state, due)
+        if picked.verdict is not Verdict.SEND:
+            return picked, None
+        request, user = state.request, picked.user
+        assert request is not None
         assert user is not None
         channel_name = self._channels.name_for(claimed.instance_id, request.channel)
         message: OutgoingMessage | None = None
-        try:
-            message = self._composer.compose(
-                notification_id=claimed.notification_id,
-                instance_id=claimed.instance_id,
-                attempt=claimed.attempt,
-                request=request,
-                user=user,
-            )
-            channel = self._channels.channel_for(claimed.instance_id, request.channel)
-            sending = time.monotonic()
+        # From rendering to the decision the code is in flight: no log line of any
+        # logger may show it (tidings.cli.logs masks what IN_FLIGHT holds).
+        with contextlib.ExitStack() as in_flight:
             try:
-                async with asyncio.timeout(self._send_timeout()):
-                    provider_id = await channel.send(message)
-            finally:
-                if self._metrics is not None:
-                    self._metrics.sent_in(channel_name, time.monotonic() - sending)
-        except PermanentSendError as exc:
-            # A provider may quote the request, code included, in its error:
-            # the error goes into the log, the code never does.
-            error = message.scrub(str(exc)) if message else str(exc)
-            return (
-                self._cancel(claimed, "permanent_error", error, attempts=claimed.attempt),
-                Outcome("canceled", "permanent_error"),
-                channel_name,
-            )
-        except TransientSendError as exc:
-            error = message.scrub(str(exc)) if message else str(exc)
-            return (*self._retry_or_cancel(claimed, request, user, error, exc)[:2], channel_name)
-        except TimeoutError:
-            error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
-            return (*self._retry_or_cancel(claimed, request, user, error, None)[:2], channel_name)
-        return (
-            sent_events(claimed, request, channel_name, provider_id),
-            Outcome("sent"),
-            channel_name,
-        )
+                message = self._composer.compose(
+                    notification_id=claimed.notification_id,
+                    instance_id=claimed.instance_id,
+                    attempt=claimed.attempt,
+                    request=request,
+                    user=user,
+                )
+                in_flight.enter_context(IN_FLIGHT.holding(message.sensitive))
+                channel = self._channels.channel_for(claimed.instance_id, request.channel)
+                sending = time.monotonic()
+                try:
+                    async with asyncio.timeout(self._send_timeout()):
+                        provider_id = await channel.send(message)
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.sent_in(channel_name, time.monotonic() - sending)
+            except SendError as exc:
+                # A provider may quote the request, code included, in its error:
+                # the error goes into the log, the code never does.
+                error = message.scrub(str(exc)) if message else str(exc)
+                retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
+                failed = Failed(
+                    error=error,
+                    permanent=not exc.transient,
+                    retry_after=timedelta(seconds=retry_after) if retry_after is not None else None,
+                    user=user,
+                )
+                return self._decide_now(state, failed), channel_name
+            except TimeoutError:
+                error = (
+                    f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
+                )
+                return self._decide_now(state, Failed(error=error, user=user)), channel_name
+            delivered = Delivered(channel=channel_name, provider_message_id=provider_id)
+            return self._decide_now(state, delivered), channel_name
 
     def _send_timeout(self) -> float:
         # Well inside the lease, so a hung provider cannot outlive it and invite
         # a second worker to send the same attempt.
         return max(self._settings.transaction_duration.total_seconds() / 2, 0.1)
-
-    def _user_gone(self, claimed: Claimed, reason: str) -> tuple[list[NewEvent], Outcome, None]:
-        return (
-            self._cancel(claimed, "user_removed", reason, attempts=claimed.attempts),
-            Outcome("canceled", "user_removed"),
-            None,
-        )
-
-    def _retry_or_cancel(
-        self,
-        claimed: Claimed,
-        request: Request | None,
-        user: NotifyUser | None,
-        error: str,
-        exc: SendError | None,
-    ) -> tuple[list[NewEvent], Outcome, None]:
-        attempt = claimed.attempt
-        if request is None or user is None:  # nothing to retry with
-            return (
-                self._cancel(claimed, "permanent_error", error, attempts=attempt),
-                Outcome("canceled", "permanent_error"),
-                None,
-            )
-        if attempt >= self._settings.max_attempts:
-            reason = f"attempt {attempt} of {self._settings.max_attempts} failed: {error}"
-            return (
-                self._cancel(claimed, "max_attempts", reason, attempts=attempt),
-                Outcome("canceled", "max_attempts"),
-                None,
-            )
-        now = self._clock()
-        previous = parse_duration(claimed.backoff) if claimed.backoff else None
-        backoff = self._backoff.next(previous)
-        due = now + backoff
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            due = max(due, now + timedelta(seconds=retry_after))
-        retry = RetryRequested(
-            request=request, notify_user=user, backoff=backoff, attempt=attempt,
-            error=error, due_at=due,
-        )  # fmt: skip
-        return (
-            [self._event(claimed, RETRY_REQUESTED, retry.model_dump(mode="json"))],
-            Outcome("retry", f"due {due.isoformat()}"),
-            None,
-        )
-
-    def _cancel(
-        self, claimed: Claimed, reason: CancelReason, error: str, *, attempts: int
-    ) -> list[NewEvent]:
-        canceled = Canceled(reason=reason, error=error, attempt=attempts)
-        return [self._event(claimed, CANCELED, canceled.model_dump(mode="json"))]
-
-    def _event(self, claimed: Claimed, event_type: str, payload: dict[str, object]) -> NewEvent:
-        return notification_event(claimed, event_type, payload)
 
     async def _record(self, decided: list[_Decided], deadline: datetime) -> dict[int, Outcome]:
         """Append the outcomes, a chunk at a time; the result by id() of each decision."""
@@ -354,7 +344,7 @@ class AttemptRunner:
     def _log(self, decided: _Decided, outcome: Outcome, seconds: float) -> None:
         claimed, channel = decided.claimed, decided.channel
         request = _request_fields(claimed)
-        level = logging.INFO if outcome.result in ("sent", "retry") else logging.WARNING
+        level = logging.INFO if outcome.result in ("sent", "retry", "wait") else logging.WARNING
         fields: dict[str, object] = {
             "instance_id": claimed.instance_id,
             "notification_id": claimed.notification_id,
@@ -393,10 +383,56 @@ def _describe_bulk(bulk: list[Claimed]) -> str:
     return "; ".join(_describe(c) for c in bulk)
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "request"
-    return f"{where}: {error['msg']}"
+def _first_error(exc: ValidationError | ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        return describe_validation_error(exc)
+    return str(exc)
+
+
+def _state_of(claimed: Claimed) -> tuple[NotificationState, str | None]:
+    """The notification as its queue row has it, and why its request cannot be read.
+
+    Raises ValidationError or ValueError when a retry's snapshot or backoff does not read.
+    """
+    try:
+        request: Request | None = Request.model_validate(claimed.request)
+        request_error = None
+    except ValidationError as exc:
+        request, request_error = None, _first_error(exc)
+    return NotificationState(
+        status=Status.RETRYING if claimed.kind == "retry" else Status.REQUESTED,
+        sequence=claimed.sequence,
+        attempts=claimed.attempts,
+        requested_at=claimed.requested_at,
+        due_at=claimed.due_at,
+        backoff=parse_duration(claimed.backoff) if claimed.backoff else None,
+        request=request,
+        notify_user=(
+            NotifyUser.model_validate(claimed.notify_user) if claimed.notify_user else None
+        ),
+        last_error=claimed.last_error,
+    ), request_error
+
+
+def _unreadable_state(claimed: Claimed) -> NotificationState:
+    return NotificationState(
+        status=Status.RETRYING if claimed.kind == "retry" else Status.REQUESTED,
+        sequence=claimed.sequence,
+        attempts=claimed.attempts,
+        requested_at=claimed.requested_at,
+        due_at=claimed.due_at,
+    )
+
+
+def _outcome(decision: Decision) -> Outcome:
+    if decision.verdict is Verdict.RETRY:
+        assert decision.due_at is not None
+        return Outcome("retry", f"due {decision.due_at.isoformat()}")
+    if decision.verdict is Verdict.CANCELED:
+        return Outcome("canceled", decision.reason)
+    if decision.verdict is Verdict.WAIT:
+        return Outcome("wait", decision.why)
+    return Outcome("sent")
 
 
 def _request_fields(claimed: Claimed) -> dict[str, Any]:
@@ -431,18 +467,23 @@ def sent_events(
 ) -> list[NewEvent]:
     """What a sent attempt appends: notification.sent and the source aggregate's sent event."""
     sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
+    return [
+        notification_event(claimed, SENT, sent.model_dump(mode="json")),
+        source_sent_event(claimed, request, channel),
+    ]
+
+
+def source_sent_event(claimed: Claimed, request: Request, channel: str) -> NewEvent:
+    """The source aggregate's sent event (e.g. user.human.password.code.sent)."""
     source_sent = SourceSent(
         notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
     )
-    return [
-        notification_event(claimed, SENT, sent.model_dump(mode="json")),
-        NewEvent(
-            instance_id=claimed.instance_id,
-            aggregate_type=request.source.aggregate_type,
-            aggregate_id=request.source.aggregate_id,
-            event_type=request.sent_event_type,
-            payload=source_sent.model_dump(mode="json"),
-            owner=request.resource_owner,
-            creator=CREATOR,
-        ),
-    ]
+    return NewEvent(
+        instance_id=claimed.instance_id,
+        aggregate_type=request.source.aggregate_type,
+        aggregate_id=request.source.aggregate_id,
+        event_type=request.sent_event_type,
+        payload=source_sent.model_dump(mode="json"),
+        owner=request.resource_owner,
+        creator=CREATOR,
+    )

@@ -102,8 +102,11 @@ class WorkerPool:
         )  # fmt: skip
         self._outcomes = Counter()
         self.abandoned = []
-        listener = asyncio.create_task(self._listen(wakes, until_idle))
+        listening = asyncio.Event()
+        listener = asyncio.create_task(self._listen(wakes, until_idle, listening))
         try:
+            # The first claim follows the LISTEN, so no append falls between them.
+            await _wait(stop, self._poll_seconds(), listening)
             # A task group: should a worker ever die of a bug, the others are
             # canceled and the error ends the process, instead of a pool that
             # silently lost its workers.
@@ -143,9 +146,8 @@ class WorkerPool:
         ).total_seconds()
         failures = 0
         while not stop.is_set():
-            # Cleared before looking, not after: a wake-up that comes while this
-            # worker claims or checks the queue makes the wait below return at
-            # once instead of being lost until the next poll.
+            # Cleared before reading: a wake-up that arrives during the claim or
+            # the idle check stays set and ends the wait below at once.
             wake.clear()
             try:
                 claimed = await self.claim(kind)
@@ -224,11 +226,22 @@ class WorkerPool:
         until_due = (next_due - self._clock()).total_seconds()
         return min(interval, max(until_due, 0.01))
 
-    async def _listen(self, wakes: dict[Kind, list[asyncio.Event]], until_idle: bool) -> None:
-        timeout = min(
-            self._settings.requeue_every, self._settings.retry_requeue_every
-        ).total_seconds()
-        async for woke in wakeups(self._db.conninfo, timeout=max(timeout, 0.1), who="workers"):
+    def _poll_seconds(self) -> float:
+        every = min(self._settings.requeue_every, self._settings.retry_requeue_every)
+        return max(every.total_seconds(), 0.1)
+
+    async def _listen(
+        self,
+        wakes: dict[Kind, list[asyncio.Event]],
+        until_idle: bool,
+        listening: asyncio.Event,
+    ) -> None:
+        async for woke in wakeups(
+            self._db.conninfo,
+            timeout=self._poll_seconds(),
+            who="workers",
+            on_listening=listening.set,
+        ):
             if woke is None:
                 continue
             for kind in _kinds_woken(woke, until_idle):

@@ -71,6 +71,22 @@ class PendingQueue:
                 rows = await cur.fetchall()
         return [Claimed(**row) for row in rows]
 
+    async def release(self, put_off: list[tuple[Claimed, datetime]]) -> None:
+        """Give leases back early: each notification is claimable again from its time.
+
+        For notifications put off without an attempt (waiting for the users
+        model). Fenced by the sequence seen at claim time, like an outcome.
+        """
+        params = {
+            "instance_ids": [c.instance_id for c, _ in put_off],
+            "notification_ids": [c.notification_id for c, _ in put_off],
+            "sequences": [c.sequence for c, _ in put_off],
+            "untils": [until for _, until in put_off],
+        }
+        with translated_errors():
+            async with self._pool.connection() as conn:
+                await conn.execute(query("release_leases"), params)
+
     async def has_pending(self, kinds: tuple[Kind, ...]) -> bool:
         with translated_errors():
             async with single_statement(self._pool) as conn:

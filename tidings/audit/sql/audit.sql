@@ -19,7 +19,7 @@ SELECT count(*) FROM tidings.events;
 -- only read where the walk parses them.
 SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
        CASE WHEN e.aggregate_type = 'notification' THEN e.payload END AS payload,
-       e.position
+       e.position, e.created_at
 FROM tidings.events e
 ORDER BY e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence;
 

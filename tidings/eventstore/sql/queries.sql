@@ -15,8 +15,7 @@ SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type
 FROM tidings.events e
 WHERE {filters}
 ORDER BY e.position
-{limit}
-{lock};
+{limit};
 
 -- name: read_ordered
 -- Only below the horizon: every event there was written by a finished

@@ -51,8 +51,14 @@ class OutgoingMessage:
 
     @property
     def idempotency_key(self) -> str:
-        """The same for a re-send of this attempt, different for the next attempt."""
-        return f"{self.notification_id}-{self.attempt}"
+        """The notification's id: the same for every attempt and every re-send.
+
+        A provider that accepted attempt 1 but whose answer was lost (a timeout
+        waiting for SMTP's final 250, an HTTP reply cut off) sees attempt 2 with
+        the same key (Message-ID, webhook-id, idempotency token, file name) and
+        can drop it, so the user gets one message.
+        """
+        return self.notification_id
 
     def scrub(self, text: str) -> str:
         """`text` (e.g. a provider's error quoting the request) with the code masked."""

@@ -12,9 +12,9 @@ from tidings.notification.messages import Channel as ChannelKind
 
 
 class ChannelRegistry:
-    def __init__(self, *, settings: ChannelSettings, outbox: Path) -> None:
+    def __init__(self, *, settings: ChannelSettings, data_folder: Path) -> None:
         self._settings = settings
-        self._outbox = outbox
+        self._data_folder = data_folder
         self._built: dict[str, Channel] = {}
 
     def name_for(self, instance_id: str, kind: ChannelKind) -> str:
@@ -32,7 +32,7 @@ class ChannelRegistry:
     def _build(self, name: str) -> Channel:
         settings = self._settings
         if name == "filesystem":
-            return FilesystemChannel(outbox=settings.filesystem.outbox(self._outbox))
+            return FilesystemChannel(outbox=settings.filesystem.outbox(self._data_folder))
         if name == "log":
             return LogChannel()
         if name == "smtp":

@@ -77,7 +77,7 @@ class SMTPChannel:
             message.describe(),
             self._where,
             message_id,
-            reply,
+            message.scrub(reply),  # a server may quote the message, code included
         )
         return message_id
 

@@ -1,7 +1,7 @@
 """Email and SMS as signed JSON POSTs to one URL, per the Standard Webhooks spec.
 
 Each message is one POST of a JSON document (see `webhook_payload`) with the
-headers `webhook-id` (the attempt's idempotency key, the same on a re-send),
+headers `webhook-id` (the notification id: the same on every attempt and re-send),
 `webhook-timestamp` (unix seconds) and `webhook-signature`:
 `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")), where the
 secret is the base64 after the optional `whsec_` prefix of signing_secret and

@@ -86,12 +86,6 @@ SELECT instance_id, user_id, resource_owner, username, first_name, last_name, di
 FROM tidings.users
 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s;
 
--- name: users_all
-SELECT instance_id, user_id, resource_owner, username, first_name, last_name, display_name,
-       preferred_language, last_email, verified_email, last_phone, verified_phone, state,
-       sequence, change_date
-FROM tidings.users
-ORDER BY instance_id, user_id;
 
 -- name: users_reset
 DELETE FROM {users};

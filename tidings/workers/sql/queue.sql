@@ -63,6 +63,19 @@ WHERE p.instance_id = chosen.instance_id AND p.notification_id = chosen.notifica
 RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.requested_at,
           p.due_at, p.claims, p.request, p.notify_user, p.backoff, p.last_error, p.leased_until;
 
+-- name: release_leases
+-- Notifications their worker put off without an attempt (the lifecycle said
+-- WAIT): claimable again from their time instead of when the lease runs out.
+-- The claim is given back too, so the next one does not count as a lease that
+-- ran out. Fenced by the sequence seen at claim time.
+UPDATE tidings.pending_notifications p
+SET leased_until = r.until, claims = greatest(p.claims - 1, 0)
+FROM unnest(%(instance_ids)s::text[], %(notification_ids)s::text[], %(sequences)s::bigint[],
+            %(untils)s::timestamptz[]) AS r(instance_id, notification_id, sequence, until)
+WHERE p.instance_id = r.instance_id
+  AND p.notification_id = r.notification_id
+  AND p.sequence = r.sequence;
+
 -- name: has_pending
 SELECT EXISTS (SELECT 1 FROM tidings.pending_notifications WHERE kind = ANY(%(kinds)s));
 

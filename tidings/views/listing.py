@@ -4,28 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.eventstore.errors import translated_errors
-from tidings.notification.events import CANCELED, RETRY_REQUESTED, SENT
-from tidings.notification.requests import REQUESTED
-from tidings.workers.sql import query
+from tidings.notification.lifecycle import EVENT_OF_STATUS, QUEUE_KIND, STATUS_AFTER, Status
+from tidings.views.sql import query
 
-State = Literal["pending", "retrying", "sent", "canceled"]
-STATES: tuple[str, ...] = get_args(State)
-
-# A notification's state is the type of its last event in the log.
-_LAST_EVENT: dict[str, str] = {
-    "pending": REQUESTED,  # requested, not attempted yet (or its attempt is in flight)
-    "retrying": RETRY_REQUESTED,
-    "sent": SENT,
-    "canceled": CANCELED,
+# The lifecycle's statuses as the list names them: a requested notification
+# not attempted yet (or whose attempt is in flight) is "pending".
+_LABEL: dict[Status, str] = {status: status.value for status in Status} | {
+    Status.REQUESTED: "pending"
 }
-_STATE_OF = {event_type: state for state, event_type in _LAST_EVENT.items()}
-_QUEUE_KIND = {"pending": "request", "retrying": "retry"}
+STATES: tuple[str, ...] = tuple(_LABEL.values())
+State = str  # one of STATES
+_STATUS_OF = {label: status for status, label in _LABEL.items()}
+# A notification's state is the type of its last event in the log.
+_LAST_EVENT = {label: EVENT_OF_STATUS[status] for label, status in _STATUS_OF.items()}
+_STATE_OF = {event_type: _LABEL[status] for event_type, status in STATUS_AFTER.items()}
+_QUEUE_KIND = {_LABEL[status]: kind for status, kind in QUEUE_KIND.items()}
 
 
 @dataclass(frozen=True, kw_only=True)

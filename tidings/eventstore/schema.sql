@@ -1,0 +1,539 @@
+-- tidings: the current schema, what a fresh install looks like
+-- (migrations 0001..0007 applied).
+--
+-- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
+-- never edit it by hand. Change the schema with a new migration, then
+-- regenerate this file; tests/test_schema.py checks that the two agree.
+
+--
+-- PostgreSQL database dump
+--
+
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: tidings; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA tidings;
+
+
+--
+-- Name: append_events(text[], text[], text[], bigint[], text[], jsonb[], text[], text[], text); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.append_events(p_instance_ids text[], p_aggregate_types text[], p_aggregate_ids text[], p_expected bigint[], p_event_types text[], p_payloads jsonb[], p_owners text[], p_creators text[], p_channel text) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    n          integer := coalesce(array_length(p_event_types, 1), 0);
+    lock_key   integer;
+    tx_base    bigint;
+    first_pos  bigint;
+    sequences  bigint[];  -- the sequence each event gets
+    heads      bigint[];  -- the position of its aggregate's last stored event
+    wake       jsonb;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    FOR lock_key IN
+        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a)
+        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids) AS u(i, t, a)
+        ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock(7101, lock_key);
+    END LOOP;
+
+    tx_base := (pg_current_xact_id()::text::bigint) << 16;
+    SELECT coalesce(max(e.position) + 1, tx_base) INTO first_pos
+    FROM tidings.events e
+    WHERE e.position >= tx_base AND e.position < tx_base + 65536;
+    IF first_pos + n > tx_base + 65536 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'TD002',
+            MESSAGE = 'one transaction may append at most 65536 events';
+    END IF;
+
+    -- Each event's sequence: its aggregate's last one plus its rank in the batch.
+    SELECT array_agg(coalesce(h.sequence, 0) + b.nth ORDER BY b.ord),
+           array_agg(h.position ORDER BY b.ord)
+    INTO sequences, heads
+    FROM (
+        SELECT u.i, u.t, u.a, u.ord,
+               row_number() OVER (PARTITION BY u.i, u.t, u.a ORDER BY u.ord) AS nth
+        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids)
+             WITH ORDINALITY AS u(i, t, a, ord)
+    ) b
+    LEFT JOIN LATERAL (
+        SELECT e.sequence, e.position
+        FROM tidings.events e
+        WHERE e.instance_id = b.i AND e.aggregate_type = b.t AND e.aggregate_id = b.a
+        ORDER BY e.sequence DESC
+        LIMIT 1
+    ) h ON true;
+
+    FOR i IN 1..n LOOP
+        IF p_expected[i] IS NOT NULL AND p_expected[i] <> sequences[i] - 1 THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'TD001',
+                MESSAGE = format(
+                    'concurrent append to %s/%s/%s: expected sequence %s, the aggregate is at %s',
+                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i],
+                    p_expected[i], sequences[i] - 1),
+                DETAIL = jsonb_build_object(
+                    'index', i - 1,
+                    'instance_id', p_instance_ids[i],
+                    'aggregate_type', p_aggregate_types[i],
+                    'aggregate_id', p_aggregate_ids[i],
+                    'expected_sequence', p_expected[i],
+                    'actual_sequence', sequences[i] - 1)::text;
+        END IF;
+        IF heads[i] >= first_pos THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'TD003',
+                MESSAGE = format(
+                    'append to %s/%s/%s would land before its last event: the transaction '
+                    'wrote before that event committed; retry in a new transaction',
+                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i]),
+                DETAIL = jsonb_build_object(
+                    'index', i - 1,
+                    'instance_id', p_instance_ids[i],
+                    'aggregate_type', p_aggregate_types[i],
+                    'aggregate_id', p_aggregate_ids[i],
+                    'expected_sequence', p_expected[i],
+                    'actual_sequence', sequences[i] - 1)::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO tidings.events AS e (
+            instance_id, aggregate_type, aggregate_id, sequence, event_type,
+            payload, owner, creator, position)
+        SELECT u.i, u.t, u.a, u.seq, u.et, u.payload,
+               coalesce(u.owner, ''), coalesce(u.creator, ''), first_pos + u.ord - 1
+        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids, sequences,
+                    p_event_types, p_payloads, p_owners, p_creators)
+             WITH ORDINALITY AS u(i, t, a, seq, et, payload, owner, creator, ord)
+        RETURNING e.position, e.sequence, e.created_at
+    )
+    SELECT inserted.position, inserted.sequence, inserted.created_at
+    FROM inserted
+    ORDER BY inserted.position;
+
+    -- The wake-up is delivered when (and only if) the transaction commits.
+    wake := jsonb_build_object(
+        'position', first_pos + n - 1,
+        'instance_ids', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_instance_ids) x),
+        'event_types', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_event_types) x));
+    IF length(wake::text) > 7000 THEN
+        wake := jsonb_build_object('position', first_pos + n - 1);
+    END IF;
+    PERFORM pg_notify(p_channel, wake::text);
+END;
+$$;
+
+
+--
+-- Name: pending_apply(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.pending_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.event_type = 'notification.requested' THEN
+        INSERT INTO tidings.pending_notifications AS p (
+            instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
+            request)
+        VALUES (
+            NEW.instance_id, NEW.aggregate_id, 'request', NEW.sequence, 0, NEW.created_at,
+            NEW.created_at, NEW.payload->'request')
+        ON CONFLICT (instance_id, notification_id) DO NOTHING;
+    ELSIF NEW.event_type = 'notification.retry.requested' THEN
+        UPDATE tidings.pending_notifications SET
+            kind = 'retry',
+            sequence = NEW.sequence,
+            attempts = tidings.pending_attempt(NEW.payload),
+            due_at = tidings.pending_due_at(NEW.payload, NEW.created_at),
+            leased_until = NULL,
+            lease_owner = NULL,
+            request = coalesce(NEW.payload->'request', request),
+            notify_user = NEW.payload->'notify_user',
+            backoff = NEW.payload->>'backoff',
+            last_error = NEW.payload->>'error'
+        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
+    ELSIF NEW.event_type IN ('notification.sent', 'notification.canceled') THEN
+        DELETE FROM tidings.pending_notifications
+        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+
+--
+-- Name: pending_attempt(jsonb); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.pending_attempt(payload jsonb) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    RETURN coalesce((payload->>'attempt')::integer, 1);
+EXCEPTION WHEN others THEN
+    RETURN 1;
+END;
+$$;
+
+
+--
+-- Name: pending_due_at(jsonb, timestamp with time zone); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.pending_due_at(payload jsonb, fallback timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    RETURN coalesce((payload->>'due_at')::timestamptz, fallback);
+EXCEPTION WHEN others THEN
+    RETURN fallback;
+END;
+$$;
+
+
+--
+-- Name: rebuild_pending(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.rebuild_pending() RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    rebuilt bigint;
+BEGIN
+    DELETE FROM tidings.pending_notifications;
+    INSERT INTO tidings.pending_notifications (
+        instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
+        request, notify_user, backoff, last_error)
+    SELECT l.instance_id, l.notification_id, l.kind, l.sequence, l.attempts, l.requested_at,
+           l.due_at, l.request, l.notify_user, l.backoff, l.last_error
+    FROM tidings.pending_from_log l;
+    GET DIAGNOSTICS rebuilt = ROW_COUNT;
+    RETURN rebuilt;
+END;
+$$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: events; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.events (
+    instance_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    aggregate_id text NOT NULL,
+    sequence bigint NOT NULL,
+    event_type text NOT NULL,
+    payload jsonb NOT NULL,
+    owner text DEFAULT ''::text NOT NULL,
+    creator text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    "position" bigint NOT NULL,
+    CONSTRAINT events_aggregate_not_empty CHECK (((aggregate_type <> ''::text) AND (aggregate_id <> ''::text))),
+    CONSTRAINT events_sequence_check CHECK ((sequence >= 1)),
+    CONSTRAINT events_type_not_empty CHECK ((event_type <> ''::text))
+);
+
+
+--
+-- Name: TABLE events; Type: COMMENT; Schema: tidings; Owner: -
+--
+
+COMMENT ON TABLE tidings.events IS 'Append-only event log; write through tidings.append_events only.';
+
+
+--
+-- Name: COLUMN events."position"; Type: COMMENT; Schema: tidings; Owner: -
+--
+
+COMMENT ON COLUMN tidings.events."position" IS '(id of the writing transaction << 16) + index within it; position >> 16 is the transaction id';
+
+
+--
+-- Name: pending_from_log; Type: VIEW; Schema: tidings; Owner: -
+--
+
+CREATE VIEW tidings.pending_from_log AS
+ SELECT last.instance_id,
+    last.aggregate_id AS notification_id,
+        CASE
+            WHEN (last.event_type = 'notification.requested'::text) THEN 'request'::text
+            ELSE 'retry'::text
+        END AS kind,
+    last.sequence,
+        CASE
+            WHEN (last.event_type = 'notification.requested'::text) THEN 0
+            ELSE tidings.pending_attempt(last.payload)
+        END AS attempts,
+    first.created_at AS requested_at,
+        CASE
+            WHEN (last.event_type = 'notification.requested'::text) THEN last.created_at
+            ELSE tidings.pending_due_at(last.payload, last.created_at)
+        END AS due_at,
+    COALESCE((last.payload -> 'request'::text), (first.payload -> 'request'::text)) AS request,
+    (last.payload -> 'notify_user'::text) AS notify_user,
+    (last.payload ->> 'backoff'::text) AS backoff,
+    (last.payload ->> 'error'::text) AS last_error
+   FROM (( SELECT DISTINCT ON (e.instance_id, e.aggregate_id) e.instance_id,
+            e.aggregate_type,
+            e.aggregate_id,
+            e.sequence,
+            e.event_type,
+            e.payload,
+            e.owner,
+            e.creator,
+            e.created_at,
+            e."position"
+           FROM tidings.events e
+          WHERE (e.aggregate_type = 'notification'::text)
+          ORDER BY e.instance_id, e.aggregate_id, e.sequence DESC) last
+     JOIN tidings.events first ON (((first.instance_id = last.instance_id) AND (first.aggregate_type = 'notification'::text) AND (first.aggregate_id = last.aggregate_id) AND (first.sequence = 1) AND (first.event_type = 'notification.requested'::text))))
+  WHERE (last.event_type = ANY (ARRAY['notification.requested'::text, 'notification.retry.requested'::text]));
+
+
+--
+-- Name: VIEW pending_from_log; Type: COMMENT; Schema: tidings; Owner: -
+--
+
+COMMENT ON VIEW tidings.pending_from_log IS 'The pending queue rebuilt from the log (leases free): what rebuild_pending() writes';
+
+
+--
+-- Name: pending_notifications; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.pending_notifications (
+    instance_id text NOT NULL,
+    notification_id text NOT NULL,
+    kind text NOT NULL,
+    sequence bigint NOT NULL,
+    attempts integer NOT NULL,
+    requested_at timestamp with time zone NOT NULL,
+    due_at timestamp with time zone NOT NULL,
+    leased_until timestamp with time zone,
+    lease_owner text,
+    claims integer DEFAULT 0 NOT NULL,
+    request jsonb,
+    notify_user jsonb,
+    backoff text,
+    last_error text,
+    CONSTRAINT pending_kind CHECK ((kind = ANY (ARRAY['request'::text, 'retry'::text])))
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000', autovacuum_analyze_scale_factor='0', autovacuum_analyze_threshold='10000');
+
+
+--
+-- Name: projection_checkpoints; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.projection_checkpoints (
+    name text NOT NULL,
+    "position" bigint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: projection_failures; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.projection_failures (
+    name text NOT NULL,
+    "position" bigint NOT NULL,
+    instance_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    aggregate_id text NOT NULL,
+    sequence bigint NOT NULL,
+    event_type text NOT NULL,
+    error text NOT NULL,
+    failed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: users; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.users (
+    instance_id text NOT NULL,
+    user_id text NOT NULL,
+    resource_owner text DEFAULT ''::text NOT NULL,
+    username text DEFAULT ''::text NOT NULL,
+    first_name text DEFAULT ''::text NOT NULL,
+    last_name text DEFAULT ''::text NOT NULL,
+    display_name text DEFAULT ''::text NOT NULL,
+    preferred_language text DEFAULT ''::text NOT NULL,
+    last_email text,
+    verified_email text,
+    last_phone text,
+    verified_phone text,
+    state text DEFAULT 'active'::text NOT NULL,
+    sequence bigint NOT NULL,
+    change_date timestamp with time zone NOT NULL,
+    CONSTRAINT users_state CHECK ((state = ANY (ARRAY['active'::text, 'removed'::text])))
+);
+
+
+--
+-- Name: events events_aggregate_sequence; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.events
+    ADD CONSTRAINT events_aggregate_sequence PRIMARY KEY (instance_id, aggregate_type, aggregate_id, sequence);
+
+
+--
+-- Name: events events_position; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.events
+    ADD CONSTRAINT events_position UNIQUE ("position");
+
+
+--
+-- Name: pending_notifications pending_notifications_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.pending_notifications
+    ADD CONSTRAINT pending_notifications_pkey PRIMARY KEY (instance_id, notification_id);
+
+
+--
+-- Name: projection_checkpoints projection_checkpoints_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.projection_checkpoints
+    ADD CONSTRAINT projection_checkpoints_pkey PRIMARY KEY (name);
+
+
+--
+-- Name: projection_failures projection_failures_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.projection_failures
+    ADD CONSTRAINT projection_failures_pkey PRIMARY KEY (name, "position");
+
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: users users_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.users
+    ADD CONSTRAINT users_pkey PRIMARY KEY (instance_id, user_id);
+
+
+--
+-- Name: events_aggregate_id; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_aggregate_id ON tidings.events USING btree (aggregate_id, aggregate_type, sequence);
+
+
+--
+-- Name: events_created_at; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_created_at ON tidings.events USING btree (created_at);
+
+
+--
+-- Name: events_instance_created_at; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_instance_created_at ON tidings.events USING btree (instance_id, created_at);
+
+
+--
+-- Name: events_instance_type_position; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_instance_type_position ON tidings.events USING btree (instance_id, event_type, "position");
+
+
+--
+-- Name: events_notification_user; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_notification_user ON tidings.events USING btree (((payload #>> '{request,user_id}'::text[])), instance_id) WHERE (event_type = 'notification.requested'::text);
+
+
+--
+-- Name: events_type_position; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_type_position ON tidings.events USING btree (event_type, "position");
+
+
+--
+-- Name: pending_notifications_claim; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX pending_notifications_claim ON tidings.pending_notifications USING btree (kind, instance_id, due_at);
+
+
+--
+-- Name: events events_pending_notifications; Type: TRIGGER; Schema: tidings; Owner: -
+--
+
+CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events FOR EACH ROW WHEN ((new.aggregate_type = 'notification'::text)) EXECUTE FUNCTION tidings.pending_apply();
+
+
+--
+-- PostgreSQL database dump complete
+--
+
+-- The migrations this schema stands for: `tidings migrate` finds nothing to do.
+INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
+    (1, 'events', 'a0609e5f3398d33e775a1981da9d24f1f4f19f1e5189455bc6927b0f9e49607a'),
+    (2, 'event_queries', 'a7ecc8a1d9924dfff6f9424af1784b49b88b270d0a4ba57cfea1c8416ce0bf5c'),
+    (3, 'projections', '0c9631936ffacf72e569a72286fc6bb7ac28b5aacff75160fd5a3a17a8602bf3'),
+    (4, 'pending_notifications', 'd5cd3dce80f26856cc80c1f822d0d80883fdd078db265f5e9ef63e3ed3e7b856'),
+    (5, 'pending_autovacuum', '034be3d633afac37ae139a121f4d6ceb2853873fd77becccd510f5c099975c43'),
+    (6, 'audit_lookups', 'f123ead9a1e773054cbb48109c9231f136c7f161a64198e1fe12fcabaef73e7b'),
+    (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146');
