@@ -16,6 +16,7 @@ import click
 import prometheus_client
 
 from tidings import __version__
+from tidings.api import Operations, create_operations_app, serving
 from tidings.cli.logs import configure_logging, logs_as_json
 from tidings.config import Settings, load_settings
 from tidings.config.durations import parse_duration
@@ -24,7 +25,6 @@ from tidings.errors import ConfigError, TidingsError
 from tidings.eventstore import (
     Database,
 )
-from tidings.health import OperationsServer
 from tidings.metrics import Metrics
 from tidings.projections import Projector, default_projections
 
@@ -186,22 +186,36 @@ async def serving_operations(
     metrics: Metrics | None,
     projector: Projector,
     stop: asyncio.Event,
-) -> AsyncIterator[OperationsServer | None]:
+) -> AsyncIterator[tuple[str, int] | None]:
     """Serve metrics and probes on `address` for the block (nothing when it is None)."""
     if address is None or metrics is None:
         yield None
         return
+    operations = make_operations(db, settings, metrics, projector, stop)
+    async with serving(
+        create_operations_app(operations),
+        host=address[0],
+        port=address[1],
+        settings=settings.api,
+        setting=METRICS_SETTING,
+        what="metrics and probes",
+    ) as bound:  # served until the process has finished its work: /readyz says so meanwhile
+        yield bound
+
+
+METRICS_SETTING = "--metrics-addr or operations.metrics_addr (TIDINGS_OPERATIONS_METRICS_ADDR)"
+
+
+def make_operations(
+    db: Database, settings: Settings, metrics: Metrics, projector: Projector, stop: asyncio.Event
+) -> Operations:
     # A *_created series per counter and histogram doubles the series for no
     # use on a Prometheus server; this process exports none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    server = OperationsServer(
-        host=address[0],
-        port=address[1],
+    return Operations(
         db=db,
         metrics=metrics,
         projector=projector,
         ready_max_projector_lag=settings.operations.ready_max_projector_lag,
         stop=stop,
     )
-    async with server:
-        yield server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import UTC
 from pathlib import Path
@@ -19,6 +20,7 @@ from tidings.cli.base import (
     settings_of,
     stop_on_signals,
 )
+from tidings.cli.serve import serve_api
 from tidings.eventstore import (
     Database,
     EventQuery,
@@ -39,6 +41,11 @@ from tidings.workers.history import Step, describe, history
     "--until-idle", is_flag=True, help="Exit 0 once nothing is pending or due (batch runs)."
 )
 @metrics_addr_option
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Serve the HTTP API in this process too, on api.addr (small installs).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -47,6 +54,7 @@ def run_command(
     no_projector: bool,
     until_idle: bool,
     metrics_addr: str | None,
+    serve: bool,
 ) -> None:
     """Run the projector and the worker pool.
 
@@ -56,7 +64,8 @@ def run_command(
       tidings run --workers 0 --retry-workers 2 --no-projector
     SIGTERM or SIGINT stops claiming, finishes the attempts in flight,
     records their outcomes, and exits 0.
-    With --metrics-addr, /metrics, /healthz and /readyz are served there.
+    With --metrics-addr, /metrics, /healthz and /readyz are served there;
+    with --serve, the HTTP API (and those) on api.addr as well.
     """
     settings = settings_of(ctx)
     counts = (
@@ -69,13 +78,18 @@ def run_command(
         async with open_database(settings.database) as db:
             stop = asyncio.Event()
             stop_on_signals(stop)
-            metrics = Metrics() if address is not None else None
+            metrics = Metrics() if address is not None or serve else None
             service = Service(db=db, settings=settings, metrics=metrics)
+            api = (
+                serve_api(db, settings, service.projector, stop, settings.api.address(), metrics)
+                if serve
+                else contextlib.nullcontext()
+            )
             try:
                 async with serving_operations(
                     address, db=db, settings=settings, metrics=metrics,
                     projector=service.projector, stop=stop,
-                ):  # fmt: skip
+                ), api:  # fmt: skip
                     start = await db.store.last_position()
                     await service.run(
                         stop=stop,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tidings.config.settings import (
+    APISettings,
     ChannelChoice,
     ChannelSettings,
     CryptoSettings,
@@ -20,6 +21,7 @@ from tidings.config.settings import (
 )
 
 __all__ = [
+    "APISettings",
     "ChannelChoice",
     "ChannelSettings",
     "CryptoSettings",

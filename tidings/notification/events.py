@@ -25,6 +25,7 @@ CancelReason = Literal[
     "permanent_error",  # the channel or the message can never work as requested
     "user_removed",  # the user was removed (or never known) before the message went out
     "invalid_request",  # the request in the log cannot be read
+    "canceled",  # a producer or operator canceled it (the error names who)
 ]
 
 

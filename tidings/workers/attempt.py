@@ -38,7 +38,12 @@ from tidings.notification.events import (
     Sent,
     SourceSent,
 )
-from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotifyUser, Request
+from tidings.notification.requests import (
+    NOTIFICATION_AGGREGATE,
+    NotifyUser,
+    Request,
+    inline_user,
+)
 from tidings.workers.queue import Claimed
 
 log = logging.getLogger("tidings.workers")
@@ -173,7 +178,16 @@ class AttemptRunner:
                 Outcome("canceled", "invalid_request"),
                 None,
             )
-        current = users.get((claimed.instance_id, request.user_id))
+        if request.not_after is not None and now > request.not_after:
+            return self._cancel(
+                claimed, "expired",
+                f"not sent by its not_after time {request.not_after.isoformat()}",
+                attempts=claimed.attempts,
+            ), Outcome("canceled", "expired"), None  # fmt: skip
+        # A direct request's inline recipient stands in for the read model's user.
+        current = inline_user(claimed.instance_id, request) or users.get(
+            (claimed.instance_id, request.user_id)
+        )
         if current is None and snapshot is None:
             reason = f"user {request.user_id} is not in the users read model"
             return self._user_gone(claimed, reason)
@@ -408,13 +422,17 @@ def notification_event(claimed: Claimed, event_type: str, payload: dict[str, obj
 def sent_events(
     claimed: Claimed, request: Request, channel: str, provider_message_id: str
 ) -> list[NewEvent]:
-    """What a sent attempt appends: notification.sent and the source aggregate's sent event."""
+    """What a sent attempt appends: notification.sent and the source aggregate's sent event
+    (a direct request, with no source, only the first)."""
     sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
+    recorded = notification_event(claimed, SENT, sent.model_dump(mode="json"))
+    if request.source is None or not request.sent_event_type:
+        return [recorded]
     source_sent = SourceSent(
         notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
     )
     return [
-        notification_event(claimed, SENT, sent.model_dump(mode="json")),
+        recorded,
         NewEvent(
             instance_id=claimed.instance_id,
             aggregate_type=request.source.aggregate_type,

@@ -1,0 +1,31 @@
+"""What a producer may append through POST /v1/events: one small check.
+
+Kept to one function on purpose: issue 10 brings the one reusable check of
+producer events (documented types, bounded ids and payloads), which replaces
+this one at merge.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_PAYLOAD = 64 * 1024  # bytes of a payload as compact JSON
+
+
+def producer_problem(
+    *, aggregate_type: str, aggregate_id: str, event_type: str, payload: dict[str, Any]
+) -> str | None:
+    """Why a producer may not append this event, or None when it may."""
+    prefix = event_type.split(".", 1)[0]
+    if prefix not in ("user", "session") or "." not in event_type:
+        return (
+            f"{event_type!r} is not a producer event: only user.* and session.* events "
+            "may be appended (see docs/events.md)"
+        )
+    if aggregate_type != prefix:
+        return f"{event_type} belongs on a {prefix!r} aggregate, not {aggregate_type!r}"
+    size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_PAYLOAD:
+        return f"the payload has {size} bytes as JSON; at most {MAX_PAYLOAD} are taken"
+    return None
