@@ -1,7 +1,7 @@
 """What a request body must be before any route sees it.
 
 A pure ASGI middleware in front of the routes that take a body (POST under
-/v1/): JSON content type (else 415), at most api.max_body bytes (413, refused
+/v1/): JSON content type when there is a body (else 415), at most api.max_body bytes (413, refused
 from Content-Length before reading, or as soon as a chunked body passes it),
 all of it within api.body_timeout (408: a stalled client cannot hold a
 request open), and valid UTF-8 (400, naming the byte). The body is then
@@ -50,14 +50,10 @@ class BodyLimits:
     async def _read(self, scope: Scope, receive: Receive) -> bytes:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json" and not content_type.endswith("+json"):
-            shown = content_type or "none"
-            raise Problem(
-                415,
-                f"send the body as JSON with Content-Type: application/json (got {shown})",
-                headers={"Accept-Post": "application/json"},
-            )
+        is_json = content_type == "application/json" or content_type.endswith("+json")
         declared = headers.get("content-length")
+        if not is_json and declared not in (None, "0"):
+            raise self._not_json(content_type)
         if declared is not None and declared.isdigit() and int(declared) > self._max:
             raise self._too_large(f"{declared} bytes")
         chunks: list[bytes] = []
@@ -82,6 +78,8 @@ class BodyLimits:
                 headers={"Connection": "close"},
             ) from None
         body = b"".join(chunks)
+        if body and not is_json:
+            raise self._not_json(content_type)
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -92,6 +90,14 @@ class BodyLimits:
                 title="Invalid UTF-8",
             ) from None
         return body
+
+    def _not_json(self, content_type: str) -> Problem:
+        shown = content_type or "none"
+        return Problem(
+            415,
+            f"send the body as JSON with Content-Type: application/json (got {shown})",
+            headers={"Accept-Post": "application/json"},
+        )
 
     def _too_large(self, size: str) -> Problem:
         return Problem(
