@@ -4,6 +4,8 @@ run --metrics-addr`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
@@ -11,7 +13,7 @@ from tidings import __version__
 from tidings.api import events, notifications
 from tidings.api.health import Operations, operations_router
 from tidings.api.limits import BodyLimits
-from tidings.api.problems import install_problem_handlers
+from tidings.api.problems import install_problem_handlers, problems_only_as_problem_json
 from tidings.api.state import ApiState
 
 DESCRIPTION = """\
@@ -23,8 +25,8 @@ level. Errors are `application/problem+json`. See docs/api.md.
 """
 
 
-def create_app(*, api: ApiState, operations: Operations) -> ASGIApp:
-    """The whole API: /v1/ routes, operations endpoints, OpenAPI and docs."""
+def _api_app() -> FastAPI:
+    """The FastAPI app with the /v1/ routes, OpenAPI and docs; no state yet."""
     app = FastAPI(
         title="tidings",
         version=__version__,
@@ -33,11 +35,25 @@ def create_app(*, api: ApiState, operations: Operations) -> ASGIApp:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.api = api
     install_problem_handlers(app, endpoints="see /docs for the API, or /metrics, /healthz, /readyz")
-    app.include_router(operations_router(operations))
     app.include_router(events.router)
     app.include_router(notifications.router)
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems_only_as_problem_json(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_app(*, api: ApiState, operations: Operations) -> ASGIApp:
+    """The whole API: /v1/ routes, operations endpoints, OpenAPI and docs."""
+    app = _api_app()
+    app.state.api = api
+    app.include_router(operations_router(operations))
     limits = api.settings.api
     return BodyLimits(
         app, max_body=limits.max_body, body_timeout=limits.body_timeout.total_seconds()
@@ -52,8 +68,6 @@ def create_operations_app(operations: Operations) -> ASGIApp:
     return app
 
 
-def openapi_document(app: ASGIApp) -> dict[str, object]:
-    """The OpenAPI document of an app made by create_app."""
-    inner = app.app if isinstance(app, BodyLimits) else app
-    assert isinstance(inner, FastAPI)
-    return inner.openapi()
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document (what /openapi.json serves; docs/openapi.json)."""
+    return _api_app().openapi()

@@ -12,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import requires
 from tidings.api.keys import Principal
-from tidings.api.problems import FieldProblem, Problem
+from tidings.api.problems import FieldProblem, Problem, problem_responses
 from tidings.api.producers import producer_problem
 from tidings.api.state import ApiState, state_of
 from tidings.eventstore import ConcurrencyError, EventQuery, NewEvent
 from tidings.notification.redaction import redact_codes
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", tags=["events"], responses=problem_responses())
 
 _ID = Field(min_length=1, max_length=200)
 
@@ -84,7 +84,7 @@ class AppendResponse(BaseModel):
     response_model=AppendResponse,
     status_code=201,
     summary="Append events, all in one transaction or none",
-    responses={409: {"description": "An expected_sequence does not hold"}},
+    responses=problem_responses((409, "An expected_sequence does not hold")),
 )
 async def append_events(
     body: AppendRequest,

@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from tidings.api.auth import requires
 from tidings.api.keys import Principal
-from tidings.api.problems import Problem
+from tidings.api.problems import Problem, problem_responses
 from tidings.api.state import ApiState, state_of
 from tidings.config.durations import Duration
 from tidings.eventstore import ConcurrencyError, EventQuery, NewEvent, StoredEvent
@@ -45,7 +45,9 @@ from tidings.projections import notify_user
 from tidings.workers.history import Step, history
 from tidings.workers.listing import NotificationFilter, State, list_notifications
 
-router = APIRouter(prefix="/v1", tags=["notifications"])
+router = APIRouter(
+    prefix="/v1", tags=["notifications"], responses=problem_responses((404, "No such notification"))
+)
 
 StateName = Literal["pending", "retrying", "sent", "canceled"]
 _STATE_OF: dict[str, StateName] = {
@@ -178,7 +180,7 @@ class NotificationPage(BaseModel):
     summary="Request a notification (idempotent by the Idempotency-Key header)",
     responses={
         200: {"model": NotificationAccepted, "description": "The same request was made before"},
-        422: {"description": "Invalid, or the Idempotency-Key was used for another request"},
+        **problem_responses((422, "Invalid, or the Idempotency-Key was used for another request")),
     },
 )
 async def request_notification(
@@ -504,7 +506,7 @@ def _read_cursor(cursor: str) -> tuple[datetime, str]:
     "/notifications/{notification_id}/cancel",
     response_model=NotificationAccepted,
     summary="Cancel a notification that is still pending or retrying",
-    responses={409: {"description": "Already sent or canceled"}},
+    responses=problem_responses((409, "Already sent or canceled")),
 )
 async def cancel_notification(
     notification_id: str,

@@ -56,6 +56,39 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
+_DESCRIBED = {
+    400: "Malformed JSON, invalid UTF-8, a missing Idempotency-Key or a bad cursor",
+    401: "No API key, or an unknown or revoked one",
+    403: "The key lacks the scope, or names another instance",
+    413: "The body is over api.max_body, or the batch over api.max_batch",
+    415: "The body is not JSON",
+    422: "A field at fault (named in errors)",
+}
+
+
+def problem_responses(*extra: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route for its OpenAPI: problem+json with ProblemBody."""
+    described = {**_DESCRIBED, **dict(extra)}
+    return {
+        status: {
+            "model": ProblemBody,
+            "description": description,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemBody"}}},
+        }
+        for status, description in sorted(described.items())
+    }
+
+
+def problems_only_as_problem_json(document: dict[str, Any]) -> dict[str, Any]:
+    """Error answers are problem+json only (FastAPI also lists a model as application/json)."""
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            for status, answer in operation.get("responses", {}).items():
+                if status[:1] in ("4", "5") and PROBLEM_JSON in answer.get("content", {}):
+                    answer["content"].pop("application/json", None)
+    return document
+
+
 def problem_response(problem: Problem) -> JSONResponse:
     body = ProblemBody(
         title=problem.title, status=problem.status, detail=problem.detail, errors=problem.errors

@@ -16,6 +16,7 @@ from tidings.api import (
     ApiKeys,
     ApiState,
     create_app,
+    openapi_document,
     serving,
 )
 from tidings.cli.base import (
@@ -47,8 +48,14 @@ ADDR_SETTING = "--addr or api.addr (TIDINGS_API_ADDR)"
     metavar="HOST:PORT",
     help="Listen here, e.g. 0.0.0.0:8080 (default: api.addr, TIDINGS_API_ADDR).",
 )
+@click.option(
+    "--openapi",
+    "print_openapi",
+    is_flag=True,
+    help="Print the OpenAPI document (what /openapi.json serves) and exit.",
+)
 @click.pass_context
-def serve_command(ctx: click.Context, addr: str | None) -> None:
+def serve_command(ctx: click.Context, addr: str | None, print_openapi: bool) -> None:
     """Serve the HTTP API: /v1/ (API keys), /metrics, /healthz, /readyz, /docs.
 
     \b
@@ -56,6 +63,9 @@ def serve_command(ctx: click.Context, addr: str | None) -> None:
     SIGTERM or SIGINT stops accepting, answers the requests in flight
     (within api.shutdown_timeout), and exits 0. See docs/api.md.
     """
+    if print_openapi:
+        click.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+        return
     settings = settings_of(ctx)
     host, port = parse_address(addr) if addr else settings.api.address()
 
