@@ -462,3 +462,47 @@ async def test_a_stalled_body_is_cut_off_and_others_are_served(api: RunningAPI) 
     assert head.startswith(b"HTTP/1.1 408 ")
     writer.close()
     await writer.wait_closed()
+
+
+# --- concurrent requests: one transaction for many, each still all or nothing -------
+
+
+async def test_concurrent_requests_with_one_key_make_one_notification(api: RunningAPI) -> None:
+    key = await api.key()
+    body = {"recipient": EMAIL, "message_type": "PasswordChange", "channel": "email"}
+    async with api.http(key) as http:
+        answers = await asyncio.gather(*(
+            http.post("/v1/notifications", json=body, headers={"Idempotency-Key": "same"})
+            for _ in range(20)
+        ))  # fmt: skip
+        others = await asyncio.gather(*(
+            http.post("/v1/notifications", json=body, headers={"Idempotency-Key": f"own-{n}"})
+            for n in range(20)
+        ))  # fmt: skip
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] * 19 + [202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert [a.status_code for a in others] == [202] * 20
+    assert await api.count(aggregate_types=("notification",)) == 21
+
+
+async def test_concurrent_appends_conflict_one_request_at_a_time(api: RunningAPI) -> None:
+    key = await api.key()
+
+    def batch(n: int) -> dict[str, object]:
+        return {"events": [
+            {**user_added(f"user-{n}").model_dump(exclude={"instance_id"}), "expected_sequence": 0},
+            {**user_added("user-contested").model_dump(exclude={"instance_id"}),
+             "expected_sequence": 0},
+        ]}  # fmt: skip
+
+    async with api.http(key) as http:
+        answers = await asyncio.gather(*(http.post("/v1/events", json=batch(n)) for n in range(12)))
+    statuses = [a.status_code for a in answers]
+    assert sorted(statuses) == [201] + [409] * 11
+    winner = statuses.index(201)
+    for answer in answers:
+        if answer.status_code == 409:
+            assert "events.1: " in answer.json()["detail"], "the index is the request's own"
+    stored = await api.events(aggregate_types=("user",))
+    assert sorted(e.aggregate_id for e in stored) == sorted([f"user-{winner}", "user-contested"])

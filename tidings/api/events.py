@@ -137,7 +137,7 @@ async def append_events(
         summary = "; ".join(f"{p.field}: {p.message}" for p in problems[:3])
         raise Problem(422, f"nothing was appended: {summary}", errors=problems)
     try:
-        stored = await api.db.store.append(events)
+        stored = await api.appender.append(events)
     except ConcurrencyError as exc:
         where = f"events.{exc.index}: " if exc.index is not None else ""
         raise Problem(

@@ -221,9 +221,6 @@ async def request_notification(
     )
     nid = direct_notification_id(instance_id=instance, idempotency_key=idempotency_key)
     location = f"/v1/notifications/{nid}"
-    existing = await _events(api, instance, nid)
-    if existing:
-        return _repeat(api, body, ref, existing, nid, response, location)
     code: dict[str, Any] | None = None
     if isinstance(body.code, PlainCode):
         code = api.encrypt(body.code.plain).model_dump(mode="json")
@@ -253,8 +250,8 @@ async def request_notification(
         creator=principal.label,
     )
     try:
-        await api.db.store.append([event])
-    except ConcurrencyError:  # the same key at the same moment: one of the two won
+        await api.appender.append([event])
+    except ConcurrencyError:  # the key was used before (or at the same moment)
         return _repeat(api, body, ref, await _events(api, instance, nid), nid, response, location)
     response.headers["Location"] = location
     return NotificationAccepted(id=nid, state="pending")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from tidings.api.grouping import GroupAppender
 from tidings.api.keys import ApiKeys
 from tidings.api.problems import Problem
 from tidings.clock import Clock, utc_now
@@ -22,6 +23,7 @@ class ApiState:
     settings: Settings
     keys: ApiKeys
     catalog: TextCatalog
+    appender: GroupAppender
     cipher: CodeCipher | None = None
     clock: Clock = field(default=utc_now)
 
@@ -33,6 +35,7 @@ class ApiState:
             settings=settings,
             keys=ApiKeys(db=db, cache_seconds=settings.api.key_cache.total_seconds()),
             catalog=TextCatalog(override_dir=settings.templates.dir),
+            appender=GroupAppender(store=db.store),
             cipher=cipher,
         )
 
