@@ -13,7 +13,7 @@ import pytest
 
 from tests.api_helpers import EXPORT_READY_TEXTS
 from tests.cli import clean_env, tidings
-from tests.ops_helpers import free_port, running, serving
+from tests.ops_helpers import free_port, running, serving, wait_for
 from tests.worker_helpers import CRYPTO, KEY
 from tidings.config import Settings
 from tidings.eventstore import Database, EventQuery
@@ -257,3 +257,30 @@ async def test_the_sql_door_commits_with_the_platform_and_rolls_back_with_it(
 def test_the_sql_door_names_what_is_wrong(conninfo: str, events: str, error: str) -> None:
     result = psql(conninfo, f"SELECT * FROM tidings.append_events('{events}');")
     assert result.returncode != 0 and error in result.stderr
+
+
+async def test_run_serve_runs_the_api_next_to_the_workers(conninfo: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = env_for(conninfo, tmp_path, TIDINGS_API_ADDR=f"127.0.0.1:{port}")
+    key = tidings("apikeys", "create", "--instance", "acme", env=env).stdout.splitlines()[-1]
+    base = f"http://127.0.0.1:{port}"
+    with running(["run", "--serve"], env, tmp_path / "run") as run:
+        await serving(base, run)
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            auth = {"Authorization": f"Bearer {key}"}
+            answer = await http.post(
+                "/v1/notifications",
+                headers={**auth, "Idempotency-Key": "one-process"},
+                json={"recipient": {"email": "ada@example.com"}, "message_type": "PasswordChange",
+                      "channel": "email"},
+            )  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            nid = answer.json()["id"]
+
+            async def sent() -> bool:
+                view = await http.get(f"/v1/notifications/{nid}", headers=auth)
+                return bool(view.json()["state"] == "sent")
+
+            await wait_for(sent, "the workers of the same process to send it")
+        assert run.stop() == 0, run.stderr()
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 1

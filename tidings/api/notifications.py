@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,8 @@ from tidings.notification.requests import (
 from tidings.projections import notify_user
 from tidings.workers.history import Step, history
 from tidings.workers.listing import NotificationFilter, State, list_notifications
+
+log = logging.getLogger("tidings.api")
 
 router = APIRouter(
     prefix="/v1", tags=["notifications"], responses=problem_responses((404, "No such notification"))
@@ -253,6 +256,11 @@ async def request_notification(
         await api.appender.append([event])
     except ConcurrencyError:  # the key was used before (or at the same moment)
         return _repeat(api, body, ref, await _events(api, instance, nid), nid, response, location)
+    log.debug(
+        "notification %s instance %s: %s via %s requested by %s (idempotency key %s)",
+        nid, instance, body.message_type, body.channel, principal.label, idempotency_key,
+        extra={"notification_id": nid, "instance_id": instance, "api_key": principal.label},
+    )  # fmt: skip
     response.headers["Location"] = location
     return NotificationAccepted(id=nid, state="pending")
 
@@ -544,5 +552,12 @@ async def cancel_notification(
             )
         except ConcurrencyError:
             continue
+        log.info(
+            "notification %s instance %s canceled through the API by %s after %d attempt(s); "
+            "an attempt already in flight may still go out, its outcome is then refused",
+            notification_id, principal.instance_id, principal.label, attempts,
+            extra={"notification_id": notification_id, "instance_id": principal.instance_id,
+                   "api_key": principal.label, "attempt": attempts},
+        )  # fmt: skip
         return NotificationAccepted(id=notification_id, state="canceled")
     raise Problem(409, f"notification {notification_id} kept changing; try again")
