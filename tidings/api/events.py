@@ -203,9 +203,12 @@ async def read_events(
         limit=limit,
     )
     horizon = await api.db.store.horizon()
+    # Read the page (at most `limit` events) before sending any of it: a client
+    # that stops reading must not hold a database connection.
+    page = [event async for event in api.db.store.stream(query, below=horizon, batch_size=1000)]
 
     async def lines() -> AsyncIterator[bytes]:
-        async for event in api.db.store.stream(query, below=horizon, batch_size=500):
+        for event in page:
             row = event.model_dump(mode="json")
             row["payload"] = redact_codes(event.payload)
             yield json.dumps(row, separators=(",", ":")).encode() + b"\n"

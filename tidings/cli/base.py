@@ -32,10 +32,22 @@ log = logging.getLogger("tidings")
 T = TypeVar("T")
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; a TidingsError ends the command with its message."""
+def run(coro: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
+    """Run a command's coroutine; a TidingsError ends the command with its message.
+
+    `fast_loop` runs it on uvloop where installed (servers: less CPU per request).
+    """
+    loop_factory = None
+    if fast_loop:
+        try:
+            import uvloop
+        except ImportError:  # not on this platform: the standard loop
+            pass
+        else:
+            loop_factory = uvloop.new_event_loop
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
     except TidingsError as exc:
         fail(str(exc))
 

@@ -78,7 +78,7 @@ def serve_command(ctx: click.Context, addr: str | None, print_openapi: bool) -> 
                 await stop.wait()
         log.info("stopped: the requests in flight were answered")
 
-    run(go())
+    run(go(), fast_loop=True)
 
 
 def serve_api(
