@@ -53,6 +53,6 @@ class ApiState:
             raise Problem(422, str(exc)) from None
 
 
-def state_of(request: Request) -> ApiState:
+async def state_of(request: Request) -> ApiState:
     state: ApiState = request.app.state.api
     return state
