@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from tests.api_helpers import RunningAPI, api_settings, running_api
+from tests.cli import clean_env
+from tests.ops_helpers import free_port, running, serving
 from tests.projection_helpers import user_added, user_event
 from tests.worker_helpers import CRYPTO
 from tidings.api import ApiKeys
@@ -506,3 +508,20 @@ async def test_concurrent_appends_conflict_one_request_at_a_time(api: RunningAPI
             assert "events.1: " in answer.json()["detail"], "the index is the request's own"
     stored = await api.events(aggregate_types=("user",))
     assert sorted(e.aggregate_id for e in stored) == sorted([f"user-{winner}", "user-contested"])
+
+
+async def test_the_apis_readiness_ignores_projector_lag(
+    db: Database, tmp_path: Path, conninfo: str
+) -> None:
+    await db.store.append([user_added()])  # no projector runs: the lag only grows
+    port = free_port()
+    env = clean_env(TIDINGS_DATABASE_URL=conninfo, TIDINGS_OPERATIONS_READY_MAX_PROJECTOR_LAG="1ms")
+    with running(["serve", "--addr", f"127.0.0.1:{port}"], env, tmp_path / "serve") as served:
+        await serving(f"http://127.0.0.1:{port}", served)
+        async with httpx.AsyncClient(timeout=10) as http:
+            ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+        assert (ready.status_code, ready.text) == (
+            200,
+            "database: ok\nprojector lag: not checked\n",
+        )
+        assert served.stop() == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from datetime import datetime, timedelta
@@ -386,11 +387,13 @@ def _view(nid: str, steps: list[Step]) -> NotificationView:
     attempts, last_error, due = 0, None, requested.at
     sent_via = provider_id = reason = None
     for step in own[1:]:
-        attempts = int(step.payload.get("attempt", attempts) or 0)
+        with contextlib.suppress(TypeError, ValueError):  # an unreadable payload shows as is
+            attempts = int(step.payload.get("attempt", attempts) or 0)
         if step.event_type in (RETRY_REQUESTED, CANCELED):
             last_error = step.payload.get("error")
         if step.event_type == RETRY_REQUESTED:
-            due = datetime.fromisoformat(step.payload["due_at"])
+            with contextlib.suppress(TypeError, ValueError):
+                due = datetime.fromisoformat(str(step.payload.get("due_at")))
         if step.event_type == SENT:
             sent_via = step.payload.get("channel")
             provider_id = step.payload.get("provider_message_id")

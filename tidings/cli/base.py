@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -219,8 +219,15 @@ METRICS_SETTING = "--metrics-addr or operations.metrics_addr (TIDINGS_OPERATIONS
 
 
 def make_operations(
-    db: Database, settings: Settings, metrics: Metrics, projector: Projector, stop: asyncio.Event
+    db: Database,
+    settings: Settings,
+    metrics: Metrics,
+    projector: Projector,
+    stop: asyncio.Event,
+    *,
+    check_lag: bool = True,
 ) -> Operations:
+    """Probes and scrape-time gauges; `check_lag` False: /readyz checks the database only."""
     # A *_created series per counter and histogram doubles the series for no
     # use on a Prometheus server; this process exports none.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -228,6 +235,8 @@ def make_operations(
         db=db,
         metrics=metrics,
         projector=projector,
-        ready_max_projector_lag=settings.operations.ready_max_projector_lag,
+        ready_max_projector_lag=(
+            settings.operations.ready_max_projector_lag if check_lag else timedelta(0)
+        ),
         stop=stop,
     )

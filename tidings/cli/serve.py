@@ -90,7 +90,10 @@ def serve_api(
     metrics: Metrics | None = None,
 ) -> AbstractAsyncContextManager[tuple[str, int]]:
     """The API on `address` for the block (`tidings serve`, `tidings run --serve`)."""
-    operations = make_operations(db, settings, metrics or Metrics(), projector, stop)
+    # A lagging projector delays messages, not requests: the API stays ready.
+    operations = make_operations(
+        db, settings, metrics or Metrics(), projector, stop, check_lag=False
+    )
     app = create_app(api=ApiState.from_settings(db=db, settings=settings), operations=operations)
     return serving(
         app,
