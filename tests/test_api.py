@@ -13,7 +13,7 @@ import pytest
 
 from tests.api_helpers import RunningAPI, api_settings, running_api
 from tests.cli import clean_env
-from tests.ops_helpers import free_port, running, serving
+from tests.ops_helpers import free_port, running, serving, wait_for
 from tests.projection_helpers import user_added, user_event
 from tests.worker_helpers import CRYPTO
 from tidings.api import ApiKeys
@@ -525,3 +525,30 @@ async def test_the_apis_readiness_ignores_projector_lag(
             "database: ok\nprojector lag: not checked\n",
         )
         assert served.stop() == 0
+
+
+async def test_beyond_max_concurrency_clients_get_503_at_once(db: Database, tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, max_concurrency=3, body_timeout=timedelta(seconds=30))
+    async with running_api(db, settings) as api:
+        host, port = api.base.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(3):  # each holds a connection and a request in flight
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            stalled.append((reader, writer))
+        async with api.http() as other:
+            refused = await other.get("/healthz")
+        assert refused.status_code == 503
+        for _, writer in stalled:
+            writer.close()
+            await writer.wait_closed()
+
+        async def served_again() -> bool:
+            async with api.http() as again:
+                return (await again.get("/healthz")).status_code == 200
+
+        await wait_for(served_again, "the server to serve once the slow clients left")
