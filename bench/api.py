@@ -15,10 +15,11 @@ second process (aiohttp, keep-alive connections) that measures:
 Every notification has its own Idempotency-Key (a new notification, an
 inline recipient, appended as notification.requested and queued by the
 pending trigger); no workers run, so the figures are the API's and the
-database's alone. Figures are printed, never asserted. The machine is shared:
-only same-run ratios mean much.
+database's alone. The serve process's CPU time per request is printed too: on
+a shared machine it moves less than the rates do. Figures are printed, never
+asserted; only same-run ratios mean much.
 
-    .venv/bin/pip install -e '.[bench]'     # aiohttp, for the load process
+    .venv/bin/pip install -e '.[bench]'     # aiohttp (the load process), psutil
     .venv/bin/python bench/api.py [--seconds 10] [--rounds 3] [--concurrency 64]
     .venv/bin/python bench/api.py --database-url postgresql://...   # appends into it
 """
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from eventstore import machine_details, prepare  # bench/eventstore.py (this script's folder)
 
 from tidings.api import ApiKeys
@@ -220,15 +222,25 @@ def bench(url: str, where: str, opts: argparse.Namespace) -> None:
         print()
         seconds, rounds, conc = opts.seconds, opts.rounds, opts.concurrency
 
-        rates = []
+        serve = psutil.Process(server.pid)
+
+        def cpu() -> float:
+            times = serve.cpu_times()
+            return float(times.user + times.system)
+
+        rates, cpu_ms = [], []
         for _ in range(rounds):
+            before = cpu()
             r = run_load(base, key, "notify-saturate", seconds=seconds, concurrency=conc)
+            cpu_ms.append((cpu() - before) * 1000 / max(r["requests"], 1))
             rates.append(r["requests"] / r["seconds"])
             errors = r["errors"]
         shown = ", ".join(f"{x:,.0f}" for x in rates)
         print(f"POST /v1/notifications at saturation ({conc} in flight, {rounds} x {seconds:g}s):")
         print(f"  median {statistics.median(rates):,.0f} req/s (rounds: {shown}); "
               f"errors {errors or 'none'}")  # fmt: skip
+        print(f"  server CPU per request: median {statistics.median(cpu_ms):.2f} ms "
+              f"(one core's worth: {1000 / statistics.median(cpu_ms):,.0f} req/s)")  # fmt: skip
         print()
         print("POST /v1/notifications at a fixed rate (open loop, latency from when due):")
         for rate in (200, 1000):
@@ -240,9 +252,11 @@ def bench(url: str, where: str, opts: argparse.Namespace) -> None:
                   f"  (achieved {achieved:,.0f}/s, {r['requests']:,} requests, "
                   f"errors {r['errors'] or 'none'})")  # fmt: skip
         print()
-        event_rates = []
+        event_rates, event_cpu = [], []
         for _ in range(rounds):
+            before = cpu()
             r = run_load(base, key, "events-saturate", seconds=seconds, concurrency=8)
+            event_cpu.append((cpu() - before) * 1e6 / max(r["requests"] * BATCH, 1))
             event_rates.append(r["requests"] * BATCH / r["seconds"])
             errors = r["errors"]
         print(
@@ -251,6 +265,9 @@ def bench(url: str, where: str, opts: argparse.Namespace) -> None:
         print(f"  median {statistics.median(event_rates):,.0f} events/s "
               f"(rounds: {', '.join(f'{x:,.0f}' for x in event_rates)}); "
               f"errors {errors or 'none'}")  # fmt: skip
+        per_event = statistics.median(event_cpu)
+        print(f"  server CPU per event: median {per_event:.0f} µs "
+              f"(one core's worth: {1e6 / per_event:,.0f} events/s)")  # fmt: skip
     finally:
         server.terminate()
         code = server.wait(timeout=60)
