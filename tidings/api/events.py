@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -185,7 +185,6 @@ def _sealed_code(payload: dict[str, Any], api: ApiState) -> dict[str, Any]:
     },
 )
 async def read_events(
-    request: Request,
     principal: Annotated[Principal, Depends(requires("events:read"))],
     api: Annotated[ApiState, Depends(state_of)],
     after: Annotated[int, Query(ge=0, description="Only events after this position.")] = 0,

@@ -147,7 +147,7 @@ def make_projector(db: Database, settings: Settings, names: Iterable[str] = ()) 
 PROJECTION_NAMES = ("users", "requests", "pending")
 
 
-def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
     try:
@@ -175,7 +175,7 @@ def wants_table(output_format: str | None, *, terminal: bool) -> bool:
 # `--metrics-addr HOST:PORT`, over operations.metrics_addr.
 metrics_addr_option = click.option(
     "--metrics-addr",
-    callback=_address,
+    callback=check_address,
     metavar="HOST:PORT",
     help="Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464 "
     "(default: operations.metrics_addr, TIDINGS_OPERATIONS_METRICS_ADDR; unset: off).",

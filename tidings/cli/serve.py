@@ -20,7 +20,7 @@ from tidings.api import (
     serving,
 )
 from tidings.cli.base import (
-    _address,
+    check_address,
     main,
     make_operations,
     make_projector,
@@ -44,7 +44,7 @@ ADDR_SETTING = "--addr or api.addr (TIDINGS_API_ADDR)"
 @main.command("serve")
 @click.option(
     "--addr",
-    callback=_address,
+    callback=check_address,
     metavar="HOST:PORT",
     help="Listen here, e.g. 0.0.0.0:8080 (default: api.addr, TIDINGS_API_ADDR).",
 )
