@@ -445,6 +445,11 @@ async def test_bad_bodies_get_a_4xx_that_says_what_to_fix(api: RunningAPI) -> No
         assert too_many.status_code == 413 and "api.max_batch" in too_many.json()["detail"]
         empty = await post(b'{"events": []}')
         assert empty.status_code == 422
+        nowhere = await http.get("/v1/nothing")
+        assert nowhere.status_code == 404 and "/docs" in nowhere.json()["detail"]
+        assert nowhere.headers["content-type"] == "application/problem+json"
+        wrong_method = await http.delete("/v1/events")
+        assert wrong_method.status_code == 405 and "DELETE" in wrong_method.json()["detail"]
         assert (await http.get("/healthz")).status_code == 200
     assert await api.count() == 0, "nothing stored"
 
