@@ -445,6 +445,18 @@ async def test_bad_bodies_get_a_4xx_that_says_what_to_fix(api: RunningAPI) -> No
         assert too_many.status_code == 413 and "api.max_batch" in too_many.json()["detail"]
         empty = await post(b'{"events": []}')
         assert empty.status_code == 422
+        nul = {**envelope, "payload": {"username": "a\u0000b"}}
+        stored_nul = await post(json.dumps({"events": [envelope, nul]}).encode())
+        assert stored_nul.status_code == 422
+        assert stored_nul.json()["errors"][0]["field"] == "events.1.payload.username"
+        assert "NUL character" in stored_nul.json()["detail"]
+        nul_data = await http.post(
+            "/v1/notifications",
+            json={"recipient": EMAIL, "message_type": "PasswordChange", "channel": "email",
+                  "data": {"note": "x\u0000"}},
+            headers={"Idempotency-Key": "nul"},
+        )  # fmt: skip
+        assert nul_data.status_code == 422 and "data.note contains a NUL" in nul_data.text
         nowhere = await http.get("/v1/nothing")
         assert nowhere.status_code == 404 and "/docs" in nowhere.json()["detail"]
         assert nowhere.headers["content-type"] == "application/problem+json"
@@ -452,6 +464,7 @@ async def test_bad_bodies_get_a_4xx_that_says_what_to_fix(api: RunningAPI) -> No
         assert wrong_method.status_code == 405 and "DELETE" in wrong_method.json()["detail"]
         assert (await http.get("/healthz")).status_code == 200
     assert await api.count() == 0, "nothing stored"
+    assert await api.count(aggregate_types=("notification",)) == 0
 
 
 async def test_a_stalled_body_is_cut_off_and_others_are_served(api: RunningAPI) -> None:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api.auth import requires
 from tidings.api.keys import Principal
 from tidings.api.problems import FieldProblem, Problem, problem_responses
-from tidings.api.producers import producer_problem
+from tidings.api.producers import NUL_MESSAGE, nul_path, producer_problem
 from tidings.api.state import ApiState, state_of
 from tidings.eventstore import ConcurrencyError, EventQuery, NewEvent
 from tidings.notification.redaction import redact_codes
@@ -107,6 +107,10 @@ async def append_events(
                 f"{where}.instance_id: this key appends only to its own instance; "
                 "leave instance_id out",
             )
+        where_nul = nul_path(given.model_dump(exclude_none=True), where)
+        if where_nul is not None:
+            problems.append(FieldProblem(field=where_nul, message=NUL_MESSAGE))
+            continue
         problem = producer_problem(
             aggregate_type=given.aggregate_type,
             aggregate_id=given.aggregate_id,

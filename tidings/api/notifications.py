@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from tidings.api.auth import requires
 from tidings.api.keys import Principal
 from tidings.api.problems import Problem, problem_responses
+from tidings.api.producers import NUL_MESSAGE, nul_path
 from tidings.api.state import ApiState, state_of
 from tidings.config.durations import Duration
 from tidings.eventstore import ConcurrencyError, EventQuery, NewEvent, StoredEvent
@@ -209,6 +210,9 @@ async def request_notification(
             title="Idempotency-Key required",
         )
     instance = principal.instance_id
+    where_nul = nul_path(body.model_dump(mode="json", exclude={"code"}), "body")
+    if where_nul is not None:
+        raise Problem(422, f"{where_nul.removeprefix('body.')} {NUL_MESSAGE}")
     _check_texts(api, instance, body.message_type, body.channel)
     resource_owner = ""
     if body.user_id is not None:

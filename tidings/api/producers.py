@@ -23,3 +23,26 @@ def producer_problem(
     if aggregate_type != prefix:
         return f"{event_type} belongs on a {prefix!r} aggregate, not {aggregate_type!r}"
     return None  # payload sizes are bounded by api.max_body until issue 10's check
+
+
+NUL_MESSAGE = "contains a NUL character (\\u0000), which cannot be stored: remove it"
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """Where `value` holds a NUL character (\\u0000), which PostgreSQL cannot store
+    in text or jsonb, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return f"{path}.{key!r}"
+            found = nul_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}.{index}")
+            if found is not None:
+                return found
+    return None
