@@ -443,6 +443,13 @@ async def test_bad_bodies_get_a_4xx_that_says_what_to_fix(api: RunningAPI) -> No
         assert unknown.json()["errors"][0]["field"] == "events.0.colour"
         too_many = await post(json.dumps({"events": [envelope] * 6}).encode())
         assert too_many.status_code == 413 and "api.max_batch" in too_many.json()["detail"]
+        huge = await post(
+            json.dumps({"events": [{**envelope, "expected_sequence": 2**64}]}).encode()
+        )
+        assert huge.status_code == 422
+        assert huge.json()["errors"][0]["field"] == "events.0.expected_sequence"
+        far = await http.get("/v1/events", params={"after": 2**64})
+        assert far.status_code == 422 and far.json()["errors"][0]["field"] == "after"
         empty = await post(b'{"events": []}')
         assert empty.status_code == 422
         nul = {**envelope, "payload": {"username": "a\u0000b"}}

@@ -21,6 +21,7 @@ from tidings.notification.redaction import redact_codes
 router = APIRouter(prefix="/v1", tags=["events"], responses=problem_responses())
 
 _ID = Field(min_length=1, max_length=200)
+BIGINT_MAX = 2**63 - 1  # positions and sequences are PostgreSQL bigints
 
 
 class EventIn(BaseModel):
@@ -55,6 +56,7 @@ class EventIn(BaseModel):
     expected_sequence: int | None = Field(
         default=None,
         ge=0,
+        le=BIGINT_MAX,
         description="The aggregate's last sequence as you saw it (0: a new aggregate).",
     )
     owner: str = Field(default="", max_length=200)
@@ -191,7 +193,9 @@ def _sealed_code(payload: dict[str, Any], api: ApiState) -> dict[str, Any]:
 async def read_events(
     principal: Annotated[Principal, Depends(requires("events:read"))],
     api: Annotated[ApiState, Depends(state_of)],
-    after: Annotated[int, Query(ge=0, description="Only events after this position.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=BIGINT_MAX, description="Only events after this position.")
+    ] = 0,
     event_type: Annotated[
         list[str] | None, Query(description="Event types; a trailing * is a wildcard.")
     ] = None,
