@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api.auth import requires
@@ -92,7 +92,7 @@ async def append_events(
     body: AppendRequest,
     principal: Annotated[Principal, Depends(requires("events:write"))],
     api: Annotated[ApiState, Depends(state_of)],
-) -> AppendResponse:
+) -> Response:
     if len(body.events) > api.settings.api.max_batch:
         raise Problem(
             413,
@@ -151,18 +151,22 @@ async def append_events(
             f"{where}{exc}; nothing was appended: read the aggregate and try again",
             title="Sequence conflict",
         ) from None
-    return AppendResponse(
-        events=[
-            Appended(
-                position=landed.position,
-                sequence=landed.sequence,
-                aggregate_type=event.aggregate_type,
-                aggregate_id=event.aggregate_id,
-                event_type=event.event_type,
-            )
+    # Written out here rather than returned as AppendResponse: FastAPI would validate
+    # a returned model once more (about a tenth of the request's CPU, measured with
+    # bench/api.py). The answer has AppendResponse's shape, which the OpenAPI shows.
+    answer = {
+        "events": [
+            {
+                "position": landed.position,
+                "sequence": landed.sequence,
+                "aggregate_type": event.aggregate_type,
+                "aggregate_id": event.aggregate_id,
+                "event_type": event.event_type,
+            }
             for event, landed in zip(events, stored, strict=True)
         ]
-    )
+    }
+    return Response(json.dumps(answer), status_code=201, media_type="application/json")
 
 
 def _sealed_code(payload: dict[str, Any], api: ApiState) -> dict[str, Any]:
