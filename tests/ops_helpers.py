@@ -15,14 +15,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tidings.api import Operations, create_operations_app
+from tidings.api import serving as api_serving
+from tidings.api.health import operations_serving_settings
+from tidings.config import APISettings
+from tidings.eventstore import Database
+from tidings.metrics import Metrics
+from tidings.projections import Projector
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -196,3 +206,38 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
     """Every sample of `name`, by labels."""
     return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+@dataclass(frozen=True)
+class ServedOperations:
+    address: tuple[str, int]
+    operations: Operations
+
+
+@asynccontextmanager
+async def operations_server(
+    *,
+    db: Database,
+    metrics: Metrics,
+    projector: Projector,
+    ready_max_projector_lag: timedelta,
+    port: int = 0,
+    **options: Any,
+) -> AsyncIterator[ServedOperations]:
+    """/metrics, /healthz and /readyz on a real uvicorn, as `tidings run --metrics-addr` serves."""
+    operations = Operations(
+        db=db,
+        metrics=metrics,
+        projector=projector,
+        ready_max_projector_lag=ready_max_projector_lag,
+        **options,
+    )
+    async with api_serving(
+        create_operations_app(operations),
+        host="127.0.0.1",
+        port=port,
+        settings=operations_serving_settings(APISettings()),
+        setting="operations.metrics_addr",
+        what="metrics and probes",
+    ) as bound:
+        yield ServedOperations(bound, operations)

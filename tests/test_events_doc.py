@@ -237,6 +237,9 @@ def notification_problems(text: str) -> list[str]:
         except ValidationError as exc:
             problems.append(f"{REQUESTED} example: {exc}")
             continue
+        if request.source is None:
+            problems.append(f"{REQUESTED} example: no source event")
+            continue
         source = MESSAGE_SOURCES.get(request.source.event_type)
         if source is None:
             problems.append(f"{REQUESTED} example: {request.source.event_type} asks for nothing")

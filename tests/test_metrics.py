@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 from tests.cli import clean_env
 from tests.ops_helpers import (
     free_port,
+    operations_server,
     planned_sink,
     running,
     scrape,
@@ -28,7 +29,6 @@ from tests.worker_helpers import (
     worker_settings,
 )
 from tidings.eventstore import Database, EventQuery, EventStore
-from tidings.health import OperationsServer
 from tidings.metrics import Metrics
 from tidings.projections import Projector, default_projections
 from tidings.service import Service
@@ -134,11 +134,11 @@ async def test_queue_and_lag_gauges_are_read_from_the_database_at_scrape_time(
         db=db, projections=default_projections(db, settings), settings=settings.projections
     )
     metrics = Metrics()
-    server = OperationsServer(
-        host="127.0.0.1", port=0, db=db, metrics=metrics, projector=projector,
+    serving_ops = operations_server(
+        db=db, metrics=metrics, projector=projector,
         ready_max_projector_lag=timedelta(0), clock=clock,
     )  # fmt: skip
-    async with server:
+    async with serving_ops as server:
         base = f"http://127.0.0.1:{server.address[1]}"
         first = await scrape(base)
         assert value(first, "tidings_notifications_pending", kind="request") == 3
@@ -183,11 +183,11 @@ async def test_a_database_that_fails_turns_database_up_to_0_and_metrics_keep_ser
     )
     metrics = Metrics()
     metrics.attempt("sent", "webhook", "PasswordReset")
-    server = OperationsServer(
-        host="127.0.0.1", port=0, db=dying, metrics=metrics, projector=projector,
+    serving_ops = operations_server(
+        db=dying, metrics=metrics, projector=projector,
         ready_max_projector_lag=timedelta(seconds=30), check_timeout=1.0,
     )  # fmt: skip
-    async with server:
+    async with serving_ops as server:
         base = f"http://127.0.0.1:{server.address[1]}"
         assert value(await scrape(base), "tidings_database_up") == 1
         await pool.close()  # from now on every query fails

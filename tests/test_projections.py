@@ -64,6 +64,7 @@ async def test_user_code_events_request_their_message(
     assert request.code == CODE, "the code passes through untouched"
     assert request.code_expiry == timedelta(minutes=10)
     assert request.url_template == "https://x/{{.Code}}"
+    assert request.source is not None
     assert request.source.event_type == event_type
     assert request.source.position == source.position
     assert (request.source.aggregate_id, request.source.sequence) == ("user-ada", 2)
@@ -90,6 +91,7 @@ async def test_session_challenges_request_an_otp_for_the_sessions_user(
     assert requested.request.user_id == "user-ada"
     assert requested.request.is_otp
     assert requested.request.args == {"session_id": "session-1"}
+    assert requested.request.source is not None
     assert requested.request.source.aggregate_type == "session"
     assert requested.request.sent_event_type == event_type.replace("challenged", "sent")
 
@@ -254,6 +256,7 @@ async def test_malformed_events_are_recorded_and_skipped(
 
     ((_, requested),) = await requests_of(db)
     assert requested.request.message_type == "VerifySMSOTP"
+    assert requested.request.source is not None
     assert requested.request.source.position == good[0].position
     failures = {f["position"]: f for name in ("users", "requests")
                 for f in await projector.failures(name)}  # fmt: skip

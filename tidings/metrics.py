@@ -1,7 +1,7 @@
 """The Prometheus metrics of one tidings process, on a registry of its own.
 
 Workers record attempts, sends and pick-ups as they happen; the queue and
-projector gauges are read from the database at scrape time (tidings.health),
+projector gauges are read from the database at scrape time (tidings.api.health),
 because they describe the whole system, not this process. Each `Metrics` owns
 its registry, so tests (and several services in one process) never share
 counters through prometheus_client's global registry.

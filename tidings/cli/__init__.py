@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from tidings.cli import audit, events, notifications, projections, replay, running, tools
+from tidings.cli import (
+    audit,
+    events,
+    notifications,
+    projections,
+    replay,
+    running,
+    serve,
+    tools,
+)
 from tidings.cli.base import main
 
-__all__ = ["audit", "events", "main", "notifications", "projections", "replay", "running", "tools"]
+__all__ = [
+    "audit",
+    "events",
+    "main",
+    "notifications",
+    "projections",
+    "replay",
+    "running",
+    "serve",
+    "tools",
+]

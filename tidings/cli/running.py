@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from tidings.cli.base import (
     settings_of,
     stop_on_signals,
 )
+from tidings.cli.serve import serve_api
 from tidings.config import Settings
 from tidings.eventstore import (
     Database,
@@ -56,6 +58,11 @@ log = logging.getLogger("tidings")
 )
 @click.option("--child-number", type=click.IntRange(min=1), hidden=True)
 @metrics_addr_option
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Serve the HTTP API in this process too, on api.addr (small installs).",
+)
 @click.pass_context
 def run_command(
     ctx: click.Context,
@@ -66,6 +73,7 @@ def run_command(
     processes: int | None,
     child_number: int | None,
     metrics_addr: str | None,
+    serve: bool,
 ) -> None:
     """Run the projector and the worker pool.
 
@@ -78,7 +86,8 @@ def run_command(
     With --processes N (or notifications.processes), N such processes run under
     one supervisor that restarts a dying one and forwards SIGTERM to all.
     With --metrics-addr, /metrics, /healthz and /readyz are served there
-    (process k of N on the port + k - 1).
+    (process k of N on the port + k - 1); with --serve, the HTTP API (and
+    those) on api.addr as well.
     """
     settings = settings_of(ctx)
     if until_idle and processes is not None and processes > 1:
@@ -105,13 +114,18 @@ def run_command(
         async with open_database(settings.database) as db:
             stop = asyncio.Event()
             stop_on_signals(stop)
-            metrics = Metrics() if address is not None else None
+            metrics = Metrics() if address is not None or serve else None
             service = Service(db=db, settings=settings, metrics=metrics)
+            api = (
+                serve_api(db, settings, service.projector, stop, settings.api.address(), metrics)
+                if serve
+                else contextlib.nullcontext()
+            )
             try:
                 async with serving_operations(
                     address, db=db, settings=settings, metrics=metrics,
                     projector=service.projector, stop=stop,
-                ):  # fmt: skip
+                ), api:  # fmt: skip
                     start = await db.store.last_position()
                     say_what_runs(
                         settings, projector=projector, workers=counts[0], retry_workers=counts[1]

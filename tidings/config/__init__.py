@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tidings.config.settings import (
+    APISettings,
     ChannelChoice,
     ChannelSettings,
     CryptoSettings,
@@ -21,6 +22,7 @@ from tidings.config.settings import (
 )
 
 __all__ = [
+    "APISettings",
     "ChannelChoice",
     "ChannelSettings",
     "CryptoSettings",

@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -315,6 +316,26 @@ class OperationsSettings(_Section):
         return parse_address(self.metrics_addr) if self.metrics_addr else None
 
 
+class APISettings(_Section):
+    addr: str = "127.0.0.1:8080"
+    max_body: int = Field(default=1_048_576, ge=1024)
+    max_batch: int = Field(default=1000, ge=1, le=65_536)
+    body_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    keep_alive: Duration = Field(default_factory=lambda: timedelta(seconds=5))
+    max_concurrency: int = Field(default=1000, ge=1)
+    shutdown_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    key_cache: Duration = Field(default_factory=lambda: timedelta(seconds=5))
+
+    @field_validator("addr")
+    @classmethod
+    def _valid_addr(cls, value: str) -> str:
+        parse_address(value)
+        return value.strip()
+
+    def address(self) -> tuple[str, int]:
+        return parse_address(self.addr)
+
+
 class Settings(BaseSettings):
     """Every setting of tidings; see defaults.yaml for what each one does."""
 
@@ -328,6 +349,7 @@ class Settings(BaseSettings):
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
+    api: APISettings = Field(default_factory=APISettings)
 
     @model_validator(mode="after")
     def _lease_covers_send_and_record(self) -> Settings:

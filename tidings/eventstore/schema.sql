@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0007 applied).
+-- (migrations 0001..0008 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -26,6 +26,118 @@ SET row_security = off;
 --
 
 CREATE SCHEMA tidings;
+
+
+--
+-- Name: api_keys_apply(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.api_keys_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NEW.event_type = 'apikey.created' THEN
+        INSERT INTO tidings.api_keys (
+            key_hash, instance_id, key_id, name, scopes, created_at, created_by)
+        VALUES (
+            NEW.payload->>'key_hash', NEW.instance_id, NEW.aggregate_id,
+            coalesce(NEW.payload->>'name', ''),
+            coalesce(ARRAY(SELECT jsonb_array_elements_text(NEW.payload->'scopes')), '{}'),
+            NEW.created_at, NEW.creator)
+        ON CONFLICT (key_hash) DO NOTHING;
+    ELSIF NEW.event_type = 'apikey.revoked' THEN
+        UPDATE tidings.api_keys
+        SET revoked_at = NEW.created_at, revoked_by = NEW.creator
+        WHERE instance_id = NEW.instance_id AND key_id = NEW.aggregate_id
+          AND revoked_at IS NULL;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+
+--
+-- Name: append_events(jsonb); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.append_events(p_events jsonb) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    n    integer;
+    e    jsonb;
+    k    text;
+    i    integer := 0;
+BEGIN
+    IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' OR jsonb_array_length(p_events) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = 'tidings.append_events expects a non-empty JSON array of events';
+    END IF;
+    n := jsonb_array_length(p_events);
+    FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
+        IF jsonb_typeof(e) IS DISTINCT FROM 'object' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('event %s: expected a JSON object', i);
+        END IF;
+        FOREACH k IN ARRAY ARRAY['instance_id', 'aggregate_type', 'aggregate_id', 'event_type'] LOOP
+            IF jsonb_typeof(e->k) IS DISTINCT FROM 'string' OR e->>k = '' THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('event %s: %s must be a non-empty string', i, k);
+            END IF;
+        END LOOP;
+        FOR k IN SELECT jsonb_object_keys(e) LOOP
+            IF k NOT IN ('instance_id', 'aggregate_type', 'aggregate_id', 'event_type',
+                         'payload', 'expected_sequence', 'owner', 'creator') THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('event %s: unknown field %s', i, k);
+            END IF;
+        END LOOP;
+        IF NOT (e->>'event_type' LIKE 'user.%' OR e->>'event_type' LIKE 'session.%')
+           OR e->>'aggregate_type' <> split_part(e->>'event_type', '.', 1) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('event %s: %s on a %s aggregate: only user.* events on user '
+                                 'and session.* events on session aggregates may be appended',
+                                 i, e->>'event_type', e->>'aggregate_type');
+        END IF;
+        IF jsonb_typeof(coalesce(e->'payload', '{}')) <> 'object' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('event %s: payload must be a JSON object', i);
+        END IF;
+        IF jsonb_typeof(e->'payload'->'code') = 'object' AND e->'payload'->'code' ? 'plain' THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('event %s: payload.code must be encrypted here; send plain '
+                                 'codes through POST /v1/events', i);
+        END IF;
+        IF e ? 'expected_sequence' AND jsonb_typeof(e->'expected_sequence') <> 'null'
+           AND (jsonb_typeof(e->'expected_sequence') <> 'number'
+                OR (e->>'expected_sequence')::numeric < 0) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('event %s: expected_sequence must be a number >= 0', i);
+        END IF;
+        i := i + 1;
+    END LOOP;
+
+    RETURN QUERY
+    SELECT a.out_position, a.out_sequence, a.out_created_at
+    FROM tidings.append_events(
+        ARRAY(SELECT x->>'instance_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT x->>'aggregate_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT x->>'aggregate_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT (x->>'expected_sequence')::bigint FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT x->>'event_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT coalesce(x->'payload', '{}') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT coalesce(x->>'owner', '') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        ARRAY(SELECT coalesce(x->>'creator', current_user) FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
+        'tidings_events') AS a;
+END;
+$$;
+
+
+--
+-- Name: FUNCTION append_events(p_events jsonb); Type: COMMENT; Schema: tidings; Owner: -
+--
+
+COMMENT ON FUNCTION tidings.append_events(p_events jsonb) IS 'Append user.*/session.* events in the caller''s transaction (a transactional outbox); see docs/api.md';
 
 
 --
@@ -214,6 +326,41 @@ $$;
 
 
 --
+-- Name: rebuild_api_keys(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.rebuild_api_keys() RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    rebuilt bigint;
+BEGIN
+    DELETE FROM tidings.api_keys;
+    INSERT INTO tidings.api_keys (
+        key_hash, instance_id, key_id, name, scopes, created_at, created_by,
+        revoked_at, revoked_by)
+    SELECT c.payload->>'key_hash', c.instance_id, c.aggregate_id,
+           coalesce(c.payload->>'name', ''),
+           coalesce(ARRAY(SELECT jsonb_array_elements_text(c.payload->'scopes')), '{}'),
+           c.created_at, c.creator, r.created_at, r.creator
+    FROM tidings.events c
+    LEFT JOIN LATERAL (
+        SELECT x.created_at, x.creator
+        FROM tidings.events x
+        WHERE x.instance_id = c.instance_id AND x.aggregate_type = 'apikey'
+          AND x.aggregate_id = c.aggregate_id AND x.event_type = 'apikey.revoked'
+        ORDER BY x.sequence
+        LIMIT 1
+    ) r ON true
+    WHERE c.aggregate_type = 'apikey' AND c.event_type = 'apikey.created'
+    ON CONFLICT (key_hash) DO NOTHING;
+    GET DIAGNOSTICS rebuilt = ROW_COUNT;
+    RETURN rebuilt;
+END;
+$$;
+
+
+--
 -- Name: rebuild_pending(); Type: FUNCTION; Schema: tidings; Owner: -
 --
 
@@ -239,6 +386,23 @@ $$;
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
+
+--
+-- Name: api_keys; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.api_keys (
+    key_hash text NOT NULL,
+    instance_id text NOT NULL,
+    key_id text NOT NULL,
+    name text NOT NULL,
+    scopes text[] NOT NULL,
+    created_at timestamp with time zone NOT NULL,
+    created_by text NOT NULL,
+    revoked_at timestamp with time zone,
+    revoked_by text
+);
+
 
 --
 -- Name: events; Type: TABLE; Schema: tidings; Owner: -
@@ -413,6 +577,22 @@ CREATE TABLE tidings.users (
 
 
 --
+-- Name: api_keys api_keys_id; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.api_keys
+    ADD CONSTRAINT api_keys_id UNIQUE (instance_id, key_id);
+
+
+--
+-- Name: api_keys api_keys_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (key_hash);
+
+
+--
 -- Name: events events_aggregate_sequence; Type: CONSTRAINT; Schema: tidings; Owner: -
 --
 
@@ -518,6 +698,13 @@ CREATE INDEX pending_notifications_claim ON tidings.pending_notifications USING 
 
 
 --
+-- Name: events api_keys_apply; Type: TRIGGER; Schema: tidings; Owner: -
+--
+
+CREATE TRIGGER api_keys_apply AFTER INSERT ON tidings.events FOR EACH ROW WHEN ((new.aggregate_type = 'apikey'::text)) EXECUTE FUNCTION tidings.api_keys_apply();
+
+
+--
 -- Name: events events_pending_notifications; Type: TRIGGER; Schema: tidings; Owner: -
 --
 
@@ -536,4 +723,5 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (4, 'pending_notifications', 'd5cd3dce80f26856cc80c1f822d0d80883fdd078db265f5e9ef63e3ed3e7b856'),
     (5, 'pending_autovacuum', '034be3d633afac37ae139a121f4d6ceb2853873fd77becccd510f5c099975c43'),
     (6, 'audit_lookups', 'f123ead9a1e773054cbb48109c9231f136c7f161a64198e1fe12fcabaef73e7b'),
-    (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146');
+    (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146'),
+    (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015');

@@ -56,9 +56,12 @@ class MessageComposer:
             address, name = email_recipient(request, user)
         else:
             number = sms_recipient(request, user)
+        catalog = self._renderer.catalog
         lang = choose_language(
-            user.preferred_language, self._renderer.catalog.languages(instance_id), self._fallback
+            user.preferred_language, catalog.languages(instance_id), self._fallback
         )
+        if not catalog.texts(instance_id, lang, request.message_type):
+            lang = self._fallback  # a custom type written in fewer languages than the built-ins
         code = self._code(request)
         variables = self.variables(request, user, code=code, lang=lang)
         variables["url"] = (

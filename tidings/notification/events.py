@@ -32,6 +32,7 @@ class CancelReason(StrEnum):
     INVALID_REQUEST = "invalid_request"  # the request in the log cannot be read
     CODE_EXPIRED = "code_expired"  # its one-time code expired before the message went out
     USER_UNKNOWN = "user_unknown"  # the users read model has passed the request, without the user
+    BY_REQUEST = "canceled"  # a producer or operator canceled it (the error names who)
 
 
 class RetryRequested(FrozenModel):

@@ -411,7 +411,12 @@ def _picked_up(state: NotificationState, due: Due, *, now: datetime, policy: Pol
             state, CancelReason.INVALID_REQUEST, f"the request in the log cannot be read: {error}"
         )
     request = state.request
-    if request.code is not None and request.code_expiry is not None:
+    if request.not_after is not None and now > request.not_after:
+        return _cancel(
+            state, CancelReason.EXPIRED,
+            f"not sent by its not_after time {request.not_after.isoformat()}",
+        )  # fmt: skip
+    if request.source is not None and request.code is not None and request.code_expiry is not None:
         expires = request.source.created_at + request.code_expiry
         if now >= expires:
             valid = format_duration(request.code_expiry)
@@ -422,7 +427,17 @@ def _picked_up(state: NotificationState, due: Due, *, now: datetime, policy: Pol
                 "a message with it would be useless",
             )  # fmt: skip
     user_id = request.user_id
+    if due.user is None and state.notify_user is None and request.source is None:
+        # A direct request (POST /v1/notifications) has no source event to measure
+        # the users model against: it waits for the user until max_ttl cancels it.
+        return Decision(
+            verdict=Verdict.WAIT,
+            due_at=now + policy.wait,
+            why=f"user {user_id} not in the users read model yet; a direct request "
+            "waits for it until max_ttl",
+        )
     if due.user is None and state.notify_user is None:
+        assert request.source is not None
         source = request.source.position
         if due.users_checkpoint is None or due.users_checkpoint < source:
             # The users model has not read up to the request yet: the user may

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import re
+from typing import Annotated, Literal, get_args
+
+from pydantic import StringConstraints
 
 MessageType = Literal[
     "InitCode",
@@ -19,3 +22,11 @@ MessageType = Literal[
 MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
 Channel = Literal["email", "sms"]
+
+MESSAGE_TYPE_PATTERN = r"^[A-Z][A-Za-z0-9]{0,63}$"
+MessageTypeName = Annotated[str, StringConstraints(pattern=MESSAGE_TYPE_PATTERN)]
+"""A custom message type (e.g. ExportReady): texts for it come from the template overrides."""
+
+
+def is_message_type_name(value: str) -> bool:
+    return re.fullmatch(MESSAGE_TYPE_PATTERN, value) is not None

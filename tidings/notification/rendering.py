@@ -15,6 +15,7 @@ pool crashing.
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Collection, Mapping
@@ -30,7 +31,7 @@ from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.notification.errors import RenderError
-from tidings.notification.messages import MESSAGE_TYPES
+from tidings.notification.messages import MESSAGE_TYPES, is_message_type_name
 
 TEXT_FIELDS = (
     "title", "pre_header", "subject", "greeting", "body", "button_text", "footer", "sms",
@@ -166,10 +167,17 @@ def _parse_texts(text: str, where: str) -> dict[str, dict[str, Source]]:
     for type_node, fields_node in root.value:
         message_type = type_node.value
         line = type_node.start_mark.line + 1
-        if message_type not in MESSAGE_TYPES:
+        # A custom type (ExportReady) is a new name; one a letter or two off a
+        # built-in one is taken for a typo, which would silently never be used.
+        near = difflib.get_close_matches(str(message_type), MESSAGE_TYPES, n=1, cutoff=0.85)
+        if message_type not in MESSAGE_TYPES and (
+            near or not is_message_type_name(str(message_type))
+        ):
+            hint = f" (did you mean {near[0]}?)" if near else ""
             raise RenderError(
-                f"{where}:{line}: unknown message type {message_type!r}; "
-                f"known: {', '.join(MESSAGE_TYPES)}",
+                f"{where}:{line}: unknown message type {message_type!r}{hint}; "
+                f"built-in: {', '.join(MESSAGE_TYPES)}; a custom one is a new name, a capital "
+                "letter then letters and digits, like ExportReady",
                 template=where,
                 line=line,
             )
@@ -279,6 +287,11 @@ class Renderer:
         """
         sources = self.catalog.texts(instance_id, lang, message_type)
         missing = [f for f in TEXT_FIELDS if f not in sources]
+        if sources and missing and message_type not in MESSAGE_TYPES:
+            # A custom type (ExportReady) needs only the texts its channel shows.
+            empty = Source("", f"texts.{lang}.yaml", 1)
+            sources = {**{f: empty for f in missing}, **sources}
+            missing = []
         if missing:
             raise RenderError(
                 f"no {lang} text for {message_type}: {', '.join(missing)} missing",

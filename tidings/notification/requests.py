@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import Field
 
 from tidings.models import FrozenModel
-from tidings.notification.messages import Channel, MessageType
+from tidings.notification.direct import DirectRecipient, IdempotencyRef
+from tidings.notification.messages import Channel, MessageType, MessageTypeName
 from tidings.notification.wire import Duration
 
 NOTIFICATION_AGGREGATE = "notification"
@@ -43,14 +44,20 @@ class Request(FrozenModel):
     """Everything a worker needs to render and send one message.
 
     The code stays encrypted; it is decrypted only to render the message.
+    A request from a source event names it (`source`) and the event its
+    aggregate records once sent (`sent_event_type`); a direct request (POST
+    /v1/notifications) has neither, and may carry its `recipient` inline
+    instead of a user of the read model, and a custom message type.
     """
 
     user_id: str
     resource_owner: str
-    source: SourceRef
-    message_type: MessageType
+    source: SourceRef | None = None
+    message_type: MessageType | MessageTypeName
     channel: Channel
-    sent_event_type: str
+    sent_event_type: str | None = None
+    recipient: DirectRecipient | None = None
+    not_after: datetime | None = None  # not sent after this time (a direct request's choice)
     url_template: str | None = None
     code: Any = None
     code_expiry: Duration | None = None
@@ -60,9 +67,10 @@ class Request(FrozenModel):
 
 
 class NotificationRequested(FrozenModel):
-    """Payload of notification.requested."""
+    """Payload of notification.requested; `idempotency` for a direct request."""
 
     request: Request
+    idempotency: IdempotencyRef | None = None
 
 
 class NotifyUser(FrozenModel):
@@ -83,3 +91,24 @@ class NotifyUser(FrozenModel):
     state: str = "active"
     sequence: int = 0
     change_date: datetime | None = None
+
+
+def inline_user(instance_id: str, request: Request) -> NotifyUser | None:
+    """The user a request's inline recipient stands for (None without one).
+
+    Its addresses count as verified: the producer that named them vouches for them.
+    """
+    r = request.recipient
+    if r is None:
+        return None
+    return NotifyUser(
+        instance_id=instance_id,
+        user_id=request.user_id,
+        resource_owner=request.resource_owner,
+        display_name=r.name,
+        preferred_language=r.language,
+        last_email=r.email,
+        verified_email=r.email,
+        last_phone=r.phone,
+        verified_phone=r.phone,
+    )

@@ -43,8 +43,16 @@ def describe(event: StoredEvent) -> str:
         return f"{event.event_type} (unreadable payload)"
     if isinstance(payload, NotificationRequested):
         r = payload.request
+        whom = f"user {r.user_id}" if r.user_id else "an inline recipient"
+        if r.source is None:
+            key = payload.idempotency.key if payload.idempotency else "?"
+            by = payload.idempotency.requested_by if payload.idempotency else ""
+            return (
+                f"requested {r.message_type} via {r.channel} for {whom} "
+                f"(directly, idempotency key {key}{f', by key {by}' if by else ''})"
+            )
         return (
-            f"requested {r.message_type} via {r.channel} for user {r.user_id} "
+            f"requested {r.message_type} via {r.channel} for {whom} "
             f"(from {r.source.event_type} on {r.source.aggregate_type}/{r.source.aggregate_id} "
             f"seq {r.source.sequence})"
         )
@@ -69,6 +77,8 @@ async def _source_steps(
     try:
         source = NotificationRequested.model_validate(requested.payload).request.source
     except ValidationError:
+        return []
+    if source is None:  # a direct request has no source aggregate
         return []
     events = await store.query(
         EventQuery(

@@ -44,7 +44,12 @@ from tidings.notification.lifecycle import (
     decide,
     describe_validation_error,
 )
-from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotifyUser, Request
+from tidings.notification.requests import (
+    NOTIFICATION_AGGREGATE,
+    NotifyUser,
+    Request,
+    inline_user,
+)
 from tidings.notification.wire import parse_duration
 from tidings.workers.queue import Claimed
 from tidings.workers.recording import lease_deadline, while_leased
@@ -209,7 +214,9 @@ class AttemptRunner:
             decision, channel = self._decide_now(state, failed), None
         events = [notification_event(claimed, t, payload) for t, payload in decision.events]
         if decision.verdict is Verdict.SENT and state.request is not None and channel:
-            events.append(source_sent_event(claimed, state.request, channel))
+            source_sent = source_sent_event(claimed, state.request, channel)
+            if source_sent is not None:
+                events.append(source_sent)
         outcome = _outcome(decision)
         return _Decided(claimed, events, outcome, channel, started)
 
@@ -226,7 +233,9 @@ class AttemptRunner:
     ) -> tuple[Decision, str | None]:
         """Ask the lifecycle whether to send; send if so; ask it what the outcome means."""
         user_id = state.request.user_id if state.request is not None else ""
-        current = users.get((claimed.instance_id, user_id))
+        # A direct request's inline recipient stands in for the read model's user.
+        inline = inline_user(claimed.instance_id, state.request) if state.request else None
+        current = inline or users.get((claimed.instance_id, user_id))
         due = Due(user=current, request_error=request_error, users_checkpoint=users_checkpoint)
         picked = self._decide_now(state, due)
         if picked.verdict is not Verdict.SEND:
@@ -465,16 +474,19 @@ def notification_event(claimed: Claimed, event_type: str, payload: dict[str, obj
 def sent_events(
     claimed: Claimed, request: Request, channel: str, provider_message_id: str
 ) -> list[NewEvent]:
-    """What a sent attempt appends: notification.sent and the source aggregate's sent event."""
+    """What a sent attempt appends: notification.sent and the source aggregate's sent event
+    (a direct request, with no source, only the first)."""
     sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
-    return [
-        notification_event(claimed, SENT, sent.model_dump(mode="json")),
-        source_sent_event(claimed, request, channel),
-    ]
+    recorded = notification_event(claimed, SENT, sent.model_dump(mode="json"))
+    source_sent = source_sent_event(claimed, request, channel)
+    return [recorded] if source_sent is None else [recorded, source_sent]
 
 
-def source_sent_event(claimed: Claimed, request: Request, channel: str) -> NewEvent:
-    """The source aggregate's sent event (e.g. user.human.password.code.sent)."""
+def source_sent_event(claimed: Claimed, request: Request, channel: str) -> NewEvent | None:
+    """The source aggregate's sent event (e.g. user.human.password.code.sent); None for a
+    direct request, which has no source."""
+    if request.source is None or not request.sent_event_type:
+        return None
     source_sent = SourceSent(
         notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
     )
