@@ -44,7 +44,7 @@ def copy(old: dict[str, str], new: dict[str, str], aggregate_type: str, out: Pat
         "--format", "jsonl", "--output", out, env=old,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
-    appended = tidings("events", "append", out, "--format", "jsonl", env=new)
+    appended = tidings("events", "append", out, "--format", "jsonl", "--allow-internal", env=new)
     assert appended.returncode == 0, appended.stderr
 
 
@@ -58,7 +58,9 @@ async def test_moved_instance_is_not_notified_again(
     sources = tmp_path / "sources.jsonl"
     copy(old, new, "notification", notifications)
     copy(old, new, "user", sources)
-    again = tidings("events", "append", notifications, "--format", "jsonl", env=new)
+    again = tidings(
+        "events", "append", notifications, "--format", "jsonl", "--allow-internal", env=new
+    )
     assert again.returncode != 0, "a chunk that lands twice is refused"
 
     run = tidings("run", "--until-idle", env=new)

@@ -433,3 +433,30 @@ def test_backoff_factor_below_one_counts_as_one(factor: float) -> None:
         uniform=never,
     )
     assert b.next(None) == b.next(timedelta(seconds=3)) == timedelta(seconds=3)
+
+
+def test_a_direct_request_is_not_sent_after_its_not_after() -> None:
+    """POST /v1/notifications: no source event; `not_after` is the producer's deadline."""
+    direct = request(source=None, sent_event_type=None, not_after=T0 + timedelta(minutes=1))
+    state = requested_state(request=direct)
+    on_time = decide(state, Due(user=user()), now=T0 + timedelta(seconds=59), policy=policy())
+    assert on_time.verdict is Verdict.SEND
+    late = decide(
+        state, Due(user=user()), now=T0 + timedelta(minutes=1, seconds=1), policy=policy()
+    )
+    assert late.reason is CancelReason.EXPIRED
+    assert (
+        only(late).error
+        == f"not sent by its not_after time {(T0 + timedelta(minutes=1)).isoformat()}"
+    )
+
+
+def test_a_direct_request_waits_for_an_unknown_user_until_max_ttl() -> None:
+    """No source event to measure the users model against: it waits, then max_ttl cancels."""
+    state = requested_state(request=request(source=None, sent_event_type=None))
+    waiting = decide(state, Due(user=None, users_checkpoint=99), now=NOW, policy=policy())
+    assert waiting.verdict is Verdict.WAIT and waiting.payloads == ()
+    past_ttl = decide(
+        state, Due(user=None), now=T0 + timedelta(minutes=5, seconds=1), policy=policy()
+    )
+    assert past_ttl.reason is CancelReason.EXPIRED
