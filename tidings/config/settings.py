@@ -318,13 +318,21 @@ class OperationsSettings(_Section):
 
 class APISettings(_Section):
     addr: str = "127.0.0.1:8080"
-    max_body: int = Field(default=1_048_576, ge=1024)
+    max_body: int = Field(default=1_048_576, ge=1024, le=1_073_741_824)
     max_batch: int = Field(default=1000, ge=1, le=65_536)
-    body_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
-    keep_alive: Duration = Field(default_factory=lambda: timedelta(seconds=5))
-    max_concurrency: int = Field(default=1000, ge=1)
-    shutdown_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=30))
-    key_cache: Duration = Field(default_factory=lambda: timedelta(seconds=5))
+    body_timeout: Annotated[Duration, within("100ms", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
+    keep_alive: Annotated[Duration, within("1s", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=5)
+    )
+    max_concurrency: int = Field(default=1000, ge=1, le=1_000_000)
+    shutdown_timeout: Annotated[Duration, within("1s", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=30)
+    )
+    key_cache: Annotated[Duration, within("0s", "1h")] = Field(
+        default_factory=lambda: timedelta(seconds=5)
+    )
 
     @field_validator("addr")
     @classmethod
