@@ -43,10 +43,32 @@ class RetryRequested(_Frozen):
     due_at: datetime
 
 
+class InAppContent(_Frozen):
+    """What an in-app notification shows, rendered once and kept on the log.
+
+    It travels in notification.sent, so the feed read model (tidings.feeds) can
+    be rebuilt from the log alone. It never holds a one-time code: message
+    types that carry one refuse the in-app channel.
+    """
+
+    user_id: str
+    message_type: str
+    lang: str
+    title: str
+    body: str
+    action_url: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class Sent(_Frozen):
     channel: str
     provider_message_id: str
     attempt: int = Field(ge=1)
+    inapp: InAppContent | None = None  # only for the in-app channel: the feed item
+
+    def payload(self) -> dict[str, Any]:
+        """The event payload; `inapp` only when there is one (other sends look as before)."""
+        return self.model_dump(mode="json", exclude={"inapp"} if self.inapp is None else None)
 
 
 class Canceled(_Frozen):

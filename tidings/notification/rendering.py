@@ -1,7 +1,8 @@
 """Message texts and layouts, rendered in a sandbox, overridable per instance.
 
 Texts live in YAML files (`texts.<lang>.yaml`, one entry per message type with
-title, pre_header, subject, greeting, body, button_text, footer and sms), the
+title, pre_header, subject, greeting, body, button_text, footer and sms, and
+inapp_title and inapp_body for the types that may go in-app), the
 email layout in `layout.html` and `layout.txt`. The built-in ones ship with
 tidings; an operator's `templates.dir` may override any of them, for every
 instance in `<dir>/_default/` and for one in `<dir>/<instance id>/`.
@@ -31,9 +32,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tidings.notification.errors import RenderError
 from tidings.notification.messages import MESSAGE_TYPES
 
-TEXT_FIELDS = (
+MESSAGE_FIELDS = (
     "title", "pre_header", "subject", "greeting", "body", "button_text", "footer", "sms",
 )  # fmt: skip
+INAPP_FIELDS = ("inapp_title", "inapp_body")  # what an in-app feed item shows
+TEXT_FIELDS = (*MESSAGE_FIELDS, *INAPP_FIELDS)
 DEFAULT_SCOPE = "_default"
 _BUILT_IN = "built-in"
 _GO_STYLE = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
@@ -189,11 +192,18 @@ class Renderer:
         self._compiled: dict[tuple[int, str], Template] = {}
 
     def texts(
-        self, *, instance_id: str, lang: str, message_type: str, variables: Mapping[str, Any]
+        self,
+        *,
+        instance_id: str,
+        lang: str,
+        message_type: str,
+        variables: Mapping[str, Any],
+        fields: tuple[str, ...] = MESSAGE_FIELDS,
     ) -> dict[str, str]:
-        """Every text field of the message, rendered."""
-        sources = self.catalog.texts(instance_id, lang, message_type)
-        missing = [f for f in TEXT_FIELDS if f not in sources]
+        """The message's text `fields` (by default those of email and SMS), rendered."""
+        found = self.catalog.texts(instance_id, lang, message_type)
+        sources = {name: found[name] for name in fields if name in found}
+        missing = [f for f in fields if f not in sources]
         if missing:
             raise RenderError(
                 f"no {lang} text for {message_type}: {', '.join(missing)} missing",

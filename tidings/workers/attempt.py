@@ -34,6 +34,7 @@ from tidings.notification.events import (
     SENT,
     Canceled,
     CancelReason,
+    InAppContent,
     RetryRequested,
     Sent,
     SourceSent,
@@ -215,8 +216,9 @@ class AttemptRunner:
         except TimeoutError:
             error = f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
             return (*self._retry_or_cancel(claimed, request, user, error, None)[:2], channel_name)
+        inapp = message.content if isinstance(message.content, InAppContent) else None
         return (
-            sent_events(claimed, request, channel_name, provider_id),
+            sent_events(claimed, request, channel_name, provider_id, inapp=inapp),
             Outcome("sent"),
             channel_name,
         )
@@ -406,15 +408,29 @@ def notification_event(claimed: Claimed, event_type: str, payload: dict[str, obj
 
 
 def sent_events(
-    claimed: Claimed, request: Request, channel: str, provider_message_id: str
+    claimed: Claimed,
+    request: Request,
+    channel: str,
+    provider_message_id: str,
+    *,
+    inapp: InAppContent | None = None,
 ) -> list[NewEvent]:
-    """What a sent attempt appends: notification.sent and the source aggregate's sent event."""
-    sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
+    """What a sent attempt appends: notification.sent and the source aggregate's sent event.
+
+    An in-app message's rendered item goes into notification.sent: the feed
+    read model shows it in the same transaction, and the log can rebuild it.
+    """
+    sent = Sent(
+        channel=channel,
+        provider_message_id=provider_message_id,
+        attempt=claimed.attempt,
+        inapp=inapp,
+    )
     source_sent = SourceSent(
         notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
     )
     return [
-        notification_event(claimed, SENT, sent.model_dump(mode="json")),
+        notification_event(claimed, SENT, sent.payload()),
         NewEvent(
             instance_id=claimed.instance_id,
             aggregate_type=request.source.aggregate_type,
