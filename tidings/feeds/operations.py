@@ -103,6 +103,14 @@ class FeedPage:
     next_cursor: str | None
     stream_after: int
 
+    def to_json(self) -> dict[str, Any]:
+        """The answer of GET /v1/me/feed."""
+        return {
+            "items": [item.to_json() for item in self.items],
+            "next_cursor": self.next_cursor,
+            "stream_after": self.stream_after,
+        }
+
 
 @dataclass(frozen=True)
 class Marked:
