@@ -312,3 +312,46 @@ async def test_retention_drops_old_items_from_the_model_only(db: Database) -> No
     assert row is not None and 0 < row[0] < appended[0].position
     with pytest.raises(FeedItemNotFound):
         await mark(store, notification_id="n-old-2", action="read", **args)
+
+
+# --- audit ----------------------------------------------------------------------------
+
+LOG_RULES = {"marks", "settled-once", "unknown-event-type", "unreadable-payload", "attempts"}
+
+
+async def test_audit_verify_accepts_the_feeds_marks_and_flags_marks_around_it(
+    db: Database,
+) -> None:
+    from tests.feed_helpers import inapp_requested
+    from tidings.audit import LogAuditor
+    from tidings.config import NotificationSettings
+    from tidings.eventstore import NewEvent
+
+    store = db.store
+    await sent_inapp(store, ["n-1", "n-2"])
+    args: dict[str, Any] = {"instance_id": "acme", "user_id": "user-ada"}
+    for action in ("read", "unread", "read", "archive", "unarchive"):
+        await mark(store, notification_id="n-1", action=action, **args)
+    await read_all(store, **args)
+
+    async def log_violations() -> set[tuple[str, str, int | None]]:
+        report = await LogAuditor(db=db, settings=NotificationSettings()).verify()
+        return {
+            (v.rule, v.aggregate_id, v.sequence) for v in report.violations if v.rule in LOG_RULES
+        }
+
+    assert await log_violations() == set()
+
+    def by_hand(nid: str, event_type: str, user_id: str = "user-ada") -> NewEvent:
+        return NewEvent(instance_id="acme", aggregate_type="notification", aggregate_id=nid,
+                        event_type=event_type, payload={"user_id": user_id})  # fmt: skip
+
+    await store.append([inapp_requested("n-pending")])
+    await store.append([
+        by_hand("n-2", "notification.read"),  # read again: changes nothing
+        by_hand("n-2", "notification.seen", user_id="user-bob"),  # another user's item
+        by_hand("n-pending", "notification.read"),  # before any send
+    ])  # fmt: skip
+    assert await log_violations() == {
+        ("marks", "n-2", 4), ("marks", "n-2", 5), ("marks", "n-pending", 2),
+    }  # fmt: skip

@@ -8,12 +8,14 @@ the log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from tidings.audit.report import Violation, ViolationLog
+from tidings.feeds.engagement import MARKS, Engagement, Mark, evolve, may_mark
+from tidings.feeds.errors import MarkRefused
 from tidings.notification.events import (
     CANCELED,
     PAYLOADS,
@@ -62,6 +64,9 @@ class _Notification:
     settled_by: LogEvent | None = None
     failed_attempts: int = 0  # the last retry.requested's attempt
     over_max_reported: bool = False
+    sent_via: str | None = None  # the channel of its notification.sent
+    inapp_user: str | None = None  # whose feed item it is, when sent in-app
+    engagement: Engagement = field(default_factory=Engagement)
 
 
 @dataclass
@@ -77,8 +82,8 @@ class AggregateWalk:
     """Checks each aggregate as its events go by: sequences, and a notification's life.
 
     sequence-gap for every aggregate; for notifications also
-    starts-with-requested, settled-once, attempts, unreadable-payload and
-    unknown-event-type. Every check is done as the event goes by, so nothing is
+    starts-with-requested, settled-once, attempts, marks, unreadable-payload
+    and unknown-event-type. Every check is done as the event goes by, so nothing is
     left to check after the last one.
     """
 
@@ -141,6 +146,9 @@ class AggregateWalk:
                 )
         elif event.event_type == SENT:
             self.counts.sent += 1
+        elif event.event_type in MARKS:
+            self._check_mark(state, event)
+            return
         settled = state.settled_by
         if settled is not None:
             again = "settled again by" if event.event_type in SETTLED else "followed by"
@@ -156,6 +164,45 @@ class AggregateWalk:
             state.settled_by = event
         if payload is not None:
             self._check_attempts(state, event, payload)
+            if isinstance(payload, Sent):
+                state.sent_via = payload.channel
+                state.inapp_user = payload.inapp.user_id if payload.inapp else None
+
+    def _check_mark(self, state: _Notification, event: LogEvent) -> None:
+        """A mark follows an in-app send, names the item's user, and changes the item."""
+        try:
+            mark = Mark.model_validate(event.payload)
+        except ValidationError as exc:
+            self._report(
+                "unreadable-payload",
+                event,
+                f"{event.event_type} does not read as Mark: {exc.errors()[0]['msg']}",
+            )
+            return
+        settled = state.settled_by.event_type if state.settled_by else None
+        try:
+            may_mark(
+                settled_by=settled, channel=state.sent_via, in_app=state.inapp_user is not None
+            )
+        except MarkRefused as exc:
+            self._report("marks", event, f"{event.event_type} at sequence {event.sequence}: {exc}")
+            return
+        if mark.user_id != state.inapp_user:
+            self._report(
+                "marks",
+                event,
+                f"{event.event_type} is for user {mark.user_id}, the item is user "
+                f"{state.inapp_user}'s",
+            )
+        after = evolve(state.engagement, event.event_type)
+        if after == state.engagement:
+            self._report(
+                "marks",
+                event,
+                f"{event.event_type} at sequence {event.sequence} changes nothing "
+                "(a mark is appended once: reading twice appends one read)",
+            )
+        state.engagement = after
 
     def _parse(self, event: LogEvent) -> BaseModel | None:
         model = PAYLOADS.get(event.event_type)
