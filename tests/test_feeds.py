@@ -355,3 +355,20 @@ async def test_audit_verify_accepts_the_feeds_marks_and_flags_marks_around_it(
     assert await log_violations() == {
         ("marks", "n-2", 4), ("marks", "n-2", 5), ("marks", "n-pending", 2),
     }  # fmt: skip
+
+
+async def test_marks_leave_a_notification_sent_in_listings_and_read_in_its_history(
+    db: Database,
+) -> None:
+    from tidings.workers.history import history
+    from tidings.workers.listing import NotificationFilter, list_notifications
+
+    await sent_inapp(db.store, ["n-1"])
+    await mark(db.store, instance_id="acme", user_id="user-ada", notification_id="n-1",
+               action="read")  # fmt: skip
+    listing = await list_notifications(db.pool, NotificationFilter(states=("sent",)), now=now())
+    [row] = listing.rows
+    assert (row.notification_id, row.state, row.sent_via) == ("n-1", "sent", "inapp")
+    steps = [step.summary for step in await history(db.store, "n-1")]
+    assert steps[-2].endswith("via inapp (provider id inapp-n-1): 'item n-1'")
+    assert steps[-1] == "read in the feed of user user-ada"

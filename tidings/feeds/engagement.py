@@ -21,16 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from tidings.feeds.errors import MarkRefused
+from tidings.notification.events import (
+    ARCHIVED,
+    MARKS,
+    READ,
+    SEEN,
+    UNARCHIVED,
+    UNREAD,
+    Mark,
+)
 
-SEEN = "notification.seen"
-READ = "notification.read"
-UNREAD = "notification.unread"
-ARCHIVED = "notification.archived"
-UNARCHIVED = "notification.unarchived"
-MARKS = (SEEN, READ, UNREAD, ARCHIVED, UNARCHIVED)
+__all__ = ["MARKS", "Action", "Engagement", "Mark", "decide", "evolve", "may_mark"]
 
 Action = Literal["seen", "read", "unread", "archive", "unarchive"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -41,14 +43,6 @@ ACTION_EVENTS: dict[str, str] = {
     "archive": ARCHIVED,
     "unarchive": UNARCHIVED,
 }
-
-
-class Mark(BaseModel):
-    """Payload of every mark: the user it was appended for (the feed's owner)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    user_id: str = Field(min_length=1)
 
 
 @dataclass(frozen=True)

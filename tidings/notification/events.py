@@ -18,6 +18,14 @@ RETRY_REQUESTED = "notification.retry.requested"
 SENT = "notification.sent"
 CANCELED = "notification.canceled"
 SETTLED = (SENT, CANCELED)
+# The feed's marks, appended on the user's behalf after an in-app send (the
+# rules: tidings.feeds.engagement). They change the feed item, not the state.
+SEEN = "notification.seen"
+READ = "notification.read"
+UNREAD = "notification.unread"
+ARCHIVED = "notification.archived"
+UNARCHIVED = "notification.unarchived"
+MARKS = (SEEN, READ, UNREAD, ARCHIVED, UNARCHIVED)
 
 CancelReason = Literal[
     "max_attempts",  # the last allowed attempt failed
@@ -75,6 +83,12 @@ class Canceled(_Frozen):
     reason: CancelReason
     error: str
     attempt: int = Field(ge=0)  # attempts made; 0 when canceled before the first
+
+
+class Mark(_Frozen):
+    """Payload of every feed mark: the user it was appended for (the item's owner)."""
+
+    user_id: str = Field(min_length=1)
 
 
 class SourceSent(_Frozen):
