@@ -372,3 +372,21 @@ async def test_marks_leave_a_notification_sent_in_listings_and_read_in_its_histo
     steps = [step.summary for step in await history(db.store, "n-1")]
     assert steps[-2].endswith("via inapp (provider id inapp-n-1): 'item n-1'")
     assert steps[-1] == "read in the feed of user user-ada"
+
+
+async def test_projections_rebuild_feed_rebuilds_items_and_counts_from_the_log(
+    db: Database, conninfo: str
+) -> None:
+    from tests.cli import clean_env, tidings
+
+    await sent_inapp(db.store, ["n-1", "n-2"])
+    await mark(db.store, instance_id="acme", user_id="user-ada", notification_id="n-2",
+               action="archive")  # fmt: skip
+    live = await feed_tables(db)
+    async with db.pool.connection() as conn:
+        await conn.execute("DELETE FROM tidings.feed_items")
+        await conn.execute("UPDATE tidings.feed_counts SET unread = 7")
+    result = tidings("projections", "rebuild", "feed", env=clean_env(TIDINGS_DATABASE_URL=conninfo))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "rebuilt feed: 2 items within inapp.retention"
+    assert await feed_tables(db) == live
