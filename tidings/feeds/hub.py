@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from psycopg_pool import AsyncConnectionPool
+
 from tidings.eventstore import DatabaseUnavailable, EventStore, WakeUp, wakeups
 from tidings.eventstore.errors import translated_errors
 from tidings.feeds.engagement import MARKS
@@ -117,6 +119,15 @@ class _Row:
         )
 
 
+@dataclass(frozen=True)
+class _Page:
+    """A page of one user's events, and what decides whether its cursor can resume."""
+
+    rows: list[_Row]
+    pruned_through: int  # the newest position retention dropped for this user
+    last_position: int  # the log's last position: a cursor past it is not this log's
+
+
 def _batches(rows: Iterable[_Row]) -> dict[tuple[str, str], list[_Row]]:
     by_user: dict[tuple[str, str], list[_Row]] = defaultdict(list)
     for row in rows:
@@ -140,9 +151,13 @@ class Subscription:
     user_id: str
     last: int  # the last position handed to the consumer (or its starting cursor)
     queue: asyncio.Queue[Any]
+    registered_at: int  # the hub's cursor when it registered: later events are queued
     backfill_from: int | None = None
+    checked: bool = False  # whether the resume position was checked against the feed
     reset: bool = False
     closed: StreamClosed | None = None
+    # Set once the backfill is read (at once without one): from then on, live.
+    live: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: list[StreamEvent] = field(default_factory=list)
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -177,12 +192,27 @@ class Subscription:
         return event
 
     async def _backfill(self) -> None:
-        """The next page of this user's events after the cursor, from the log."""
+        """The next page of this user's events after the cursor, from the log.
+
+        The first page also says whether the cursor can be resumed from: one
+        older than what retention dropped for this user, or past the end of
+        this log, gets a reset instead (and the stream goes on live).
+        """
         after = self.backfill_from
         assert after is not None
-        rows = await self.hub.read_user_events(self.instance_id, self.user_id, after)
+        page = await self.hub.read_user_events(self.instance_id, self.user_id, after)
+        if not self.checked:
+            self.checked = True
+            if after < page.pruned_through or after > page.last_position:
+                self.reset = True
+                self.last = self.registered_at
+                self.backfill_from = None
+                self.live.set()
+                return
+        rows = page.rows
         if len(rows) < self.hub.batch:
             self.backfill_from = None  # caught up: the queue has everything after
+            self.live.set()
         else:
             self.backfill_from = rows[-1].position
         if rows:
@@ -239,6 +269,7 @@ class FeedHub:
         self._ready = asyncio.Event()
         self._woken = asyncio.Event()
         self._last_woken = 0  # the newest position a wake-up announced
+        self._reader: AsyncConnectionPool[Any] | None = None
         self.dropped_slow = 0
 
     # --- presence ---------------------------------------------------------------
@@ -257,6 +288,9 @@ class FeedHub:
         """A stream of the user's feed after position `after` (None: from now on).
 
         Use it as an async iterator; call close() when the connection ends.
+        Registering costs no query: the backfill (and the check that `after`
+        can be resumed from) is read when the stream is first read, so a storm
+        of reconnects is limited by how fast the clients read, not by the hub.
         """
         await self._ready.wait()
         assert self.cursor is not None
@@ -267,22 +301,12 @@ class FeedHub:
             user_id=user_id,
             last=registered_at if after is None else after,
             queue=asyncio.Queue(self.queue_size),
+            registered_at=registered_at,
+            backfill_from=after,
         )
         self._subs[(instance_id, user_id)].add(sub)
         if after is None:
-            return sub
-        try:
-            pruned_through, last_position = await self._stream_start(instance_id, user_id)
-        except BaseException:
-            self._unregister(sub)
-            raise
-        if after < pruned_through or after > last_position:
-            # The client holds items the feed no longer has, or a cursor this
-            # log never handed out: it must read the feed again.
-            sub.reset = True
-            sub.last = registered_at
-        else:
-            sub.backfill_from = after
+            sub.live.set()
         return sub
 
     def _unregister(self, sub: Subscription) -> None:
@@ -293,34 +317,44 @@ class FeedHub:
             if not subs:
                 del self._subs[key]
 
-    async def _stream_start(self, instance_id: str, user_id: str) -> tuple[int, int]:
-        with translated_errors():
-            async with self._store.pool.connection() as conn:
-                cur = await conn.execute(
-                    query("stream_start"), {"instance_id": instance_id, "user_id": user_id}
-                )
-                row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
-
-    async def read_user_events(self, instance_id: str, user_id: str, after: int) -> list[_Row]:
-        """One user's feed events after `after`, below the horizon (one page)."""
+    async def read_user_events(self, instance_id: str, user_id: str, after: int) -> _Page:
+        """One page of a user's feed events after `after`, below the horizon."""
         params = {"instance_id": instance_id, "user_id": user_id, "after": after}
-        rows, _ = await self._read("user_feed_events_after", params)
-        return rows
+        raw = await self._fetch("user_feed_events_after", params)
+        first = raw[0]
+        return _Page(
+            rows=[_Row.from_row(r) for r in raw if r[6] is not None],
+            pruned_through=int(first[11]),
+            last_position=int(first[12]),
+        )
 
     async def _read(self, name: str, params: dict[str, Any]) -> tuple[list[_Row], int]:
-        with translated_errors():
-            async with self._store.pool.connection() as conn:
-                cur = await conn.execute(query(name), {**params, "limit": self.batch})
-                raw = await cur.fetchall()
+        raw = await self._fetch(name, params, self._reader)
         horizon = int(raw[0][10])
         return [_Row.from_row(r) for r in raw if r[6] is not None], horizon
+
+    async def _fetch(
+        self, name: str, params: dict[str, Any], pool: AsyncConnectionPool[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        with translated_errors():
+            async with (pool or self._store.pool).connection() as conn:
+                cur = await conn.execute(query(name), {**params, "limit": self.batch})
+                rows: list[tuple[Any, ...]] = await cur.fetchall()
+        return rows
 
     # --- the one reader ---------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the log until `stop` is set; then close every connection."""
+        """Follow the log until `stop` is set; then close every connection.
+
+        The reader has a connection of its own, so live delivery never waits
+        behind the backfills of reconnecting clients on the shared pool.
+        """
+        reader: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self._conninfo, min_size=1, max_size=1, open=False, name="tidings-feed-hub"
+        )
+        await reader.open(wait=False)
+        self._reader = reader
         try:
             async with asyncio.TaskGroup() as group:
                 listener = group.create_task(self._listen())
@@ -330,6 +364,8 @@ class FeedHub:
                     listener.cancel()
         finally:
             self._close_all("the server is shutting down")
+            self._reader = None
+            await reader.close()
 
     async def _start(self) -> None:
         with translated_errors():

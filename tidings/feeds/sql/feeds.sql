@@ -91,13 +91,6 @@ WITH gone AS (
 )
 SELECT coalesce(sum(items), 0)::bigint FROM counted;
 
--- name: stream_start
--- Where a user's stream may resume: the newest position retention dropped
--- for this user, and the log's last position (a cursor past it is not ours).
-SELECT coalesce((SELECT pruned_through FROM tidings.feed_counts
-                 WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s), 0),
-       coalesce((SELECT max(position) FROM tidings.events), 0);
-
 -- name: feed_events_after
 -- The hub's one query per wake-up: the feed events of every user after the
 -- process's cursor, below the horizon (so an event that commits late is never
@@ -129,12 +122,19 @@ ORDER BY e.position;
 
 -- name: user_feed_events_after
 -- One user's feed events after a client's cursor, below the horizon (a
--- stream's backfill), with the user's counts as they are now.
+-- stream's backfill), with the user's counts as they are now; and whether the
+-- cursor can be resumed from: the newest position retention dropped for this
+-- user, and the log's last position (a cursor past it is not this log's).
 WITH horizon AS (
-    SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) AS position
+    SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) AS position,
+           coalesce((SELECT pruned_through FROM tidings.feed_counts
+                     WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s), 0)
+               AS pruned_through,
+           coalesce((SELECT max(position) FROM tidings.events), 0) AS last_position
 )
 SELECT e.instance_id, e.user_id, e.aggregate_id, e.event_type, e.payload, e.created_at,
-       e.position, c.total, c.unread, c.unseen, h.position AS horizon
+       e.position, c.total, c.unread, c.unseen, h.position AS horizon, h.pruned_through,
+       h.last_position
 FROM horizon h
 LEFT JOIN LATERAL (
     SELECT x.instance_id, coalesce(x.payload #>> '{inapp,user_id}', x.payload ->> 'user_id')
