@@ -198,3 +198,24 @@ async def test_stopping_the_hub_closes_every_stream_with_its_resume_position(
         await collect(sub, lambda g: False)
     assert caught.value.resume_after == sent.position
     assert "shutting down" in str(caught.value)
+
+
+async def test_many_streams_resuming_at_once_each_get_their_own_events(db: Database) -> None:
+    """Their backfills are read together (one query for many); each gets its own, in order."""
+    users = [f"user-{i}" for i in range(30)]
+    sent: dict[str, list[int]] = {}
+    for i, user in enumerate(users):
+        ids = [f"n-{user}-{k}" for k in range(i % 4 + 1)]
+        sent[user] = [a.position for a in await sent_inapp(db.store, ids, user_id=user)]
+
+    def enough(count: int) -> Callable[[list[StreamEvent]], bool]:
+        return lambda got: len(messages(got)) >= count
+
+    async with running_hub(db, batch=3) as hub:
+        subs = [await hub.subscribe("acme", user, after=0) for user in users]
+        got = await asyncio.gather(
+            *(collect(sub, enough(len(sent[user]))) for sub, user in zip(subs, users, strict=True))
+        )
+    for user, events in zip(users, got, strict=True):
+        assert [e.position for e in messages(events)] == sent[user]
+        assert all(e.data["id"].startswith(f"n-{user}-") for e in messages(events))

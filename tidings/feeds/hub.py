@@ -128,6 +128,20 @@ class _Page:
     last_position: int  # the log's last position: a cursor past it is not this log's
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """A stream's backfill waiting for the next gathered read."""
+
+    instance_id: str
+    user_id: str
+    after: int
+    page: asyncio.Future[_Page]
+
+
+# Backfills read in one query at most: each is at most `batch` rows.
+_BACKFILL_BATCH = 200
+
+
 def _batches(rows: Iterable[_Row]) -> dict[tuple[str, str], list[_Row]]:
     by_user: dict[tuple[str, str], list[_Row]] = defaultdict(list)
     for row in rows:
@@ -270,6 +284,8 @@ class FeedHub:
         self._woken = asyncio.Event()
         self._last_woken = 0  # the newest position a wake-up announced
         self._reader: AsyncConnectionPool[Any] | None = None
+        self._asks: list[_Ask] = []
+        self._asked = asyncio.Event()
         self.dropped_slow = 0
 
     # --- presence ---------------------------------------------------------------
@@ -318,15 +334,62 @@ class FeedHub:
                 del self._subs[key]
 
     async def read_user_events(self, instance_id: str, user_id: str, after: int) -> _Page:
-        """One page of a user's feed events after `after`, below the horizon."""
-        params = {"instance_id": instance_id, "user_id": user_id, "after": after}
-        raw = await self._fetch("user_feed_events_after", params)
-        first = raw[0]
-        return _Page(
-            rows=[_Row.from_row(r) for r in raw if r[6] is not None],
-            pruned_through=int(first[11]),
-            last_position=int(first[12]),
-        )
+        """One page of a user's feed events after `after`, below the horizon.
+
+        Asks are gathered: every backfill waiting when the hub's backfill task
+        comes round is read in one query (up to _BACKFILL_BATCH), so a storm of
+        reconnects costs a few queries, not one per client.
+        """
+        ask = _Ask(instance_id, user_id, after, asyncio.get_running_loop().create_future())
+        self._asks.append(ask)
+        self._asked.set()
+        return await ask.page
+
+    async def _serve_backfills(self) -> None:
+        while True:
+            await self._asked.wait()
+            self._asked.clear()
+            while self._asks:
+                batch = self._asks[:_BACKFILL_BATCH]
+                del self._asks[:_BACKFILL_BATCH]
+                batch = [ask for ask in batch if not ask.page.done()]  # a client gone meanwhile
+                if not batch:
+                    continue
+                try:
+                    pages = await self._read_pages(batch)
+                except Exception as exc:  # the clients see it; the hub goes on
+                    for ask in batch:
+                        if not ask.page.done():
+                            ask.page.set_exception(exc)
+                    continue
+                for ask, page in zip(batch, pages, strict=True):
+                    if not ask.page.done():
+                        ask.page.set_result(page)
+
+    async def _read_pages(self, batch: list[_Ask]) -> list[_Page]:
+        params = {
+            "instance_ids": [a.instance_id for a in batch],
+            "user_ids": [a.user_id for a in batch],
+            "afters": [a.after for a in batch],
+        }
+        raw = await self._fetch("users_feed_events_after", params)
+        rows: dict[int, list[_Row]] = defaultdict(list)
+        checks: dict[int, tuple[int, int]] = {}
+        for r in raw:
+            (n, nid, event_type, payload, created_at, position,
+             total, unread, unseen, pruned_through, last_position) = r  # fmt: skip
+            index = int(n) - 1
+            checks[index] = (int(pruned_through), int(last_position))
+            if position is not None:
+                ask = batch[index]
+                counts = {"total": total or 0, "unread": unread or 0, "unseen": unseen or 0}
+                row = _Row(ask.instance_id, ask.user_id, nid, event_type, payload, created_at,
+                           position, counts)  # fmt: skip
+                rows[index].append(row)
+        return [
+            _Page(rows=rows[i], pruned_through=checks[i][0], last_position=checks[i][1])
+            for i in range(len(batch))
+        ]
 
     async def _read(self, name: str, params: dict[str, Any]) -> tuple[list[_Row], int]:
         raw = await self._fetch(name, params, self._reader)
@@ -357,11 +420,15 @@ class FeedHub:
         self._reader = reader
         try:
             async with asyncio.TaskGroup() as group:
-                listener = group.create_task(self._listen())
+                helpers = [
+                    group.create_task(self._listen()),
+                    group.create_task(self._serve_backfills()),
+                ]
                 try:
                     await self._follow(stop)
                 finally:
-                    listener.cancel()
+                    for helper in helpers:
+                        helper.cancel()
         finally:
             self._close_all("the server is shutting down")
             self._reader = None
@@ -445,6 +512,12 @@ class FeedHub:
                 self._woken.set()
 
     def _close_all(self, why: str) -> None:
+        for ask in self._asks:
+            if not ask.page.done():
+                ask.page.set_exception(
+                    StreamClosed(f"{why}; resume from your last position", reason=why)
+                )
+        self._asks.clear()
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub._close(StreamClosed(f"{why}; resume from your last position", reason=why))

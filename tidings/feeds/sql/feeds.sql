@@ -120,30 +120,31 @@ LEFT JOIN LATERAL (
 LEFT JOIN tidings.feed_counts c ON c.instance_id = e.instance_id AND c.user_id = e.user_id
 ORDER BY e.position;
 
--- name: user_feed_events_after
--- One user's feed events after a client's cursor, below the horizon (a
--- stream's backfill), with the user's counts as they are now; and whether the
--- cursor can be resumed from: the newest position retention dropped for this
--- user, and the log's last position (a cursor past it is not this log's).
+-- name: users_feed_events_after
+-- The backfills of many streams in one query: for each (instance, user,
+-- cursor) asked, that user's feed events after the cursor, below the horizon,
+-- with the user's counts as they are now; and whether the cursor can be
+-- resumed from: the newest position retention dropped for the user, and the
+-- log's last position (a cursor past it is not this log's). Rows come grouped
+-- by the ask's number `n`, in position order; an ask with no events has one
+-- row with NULL event columns.
 WITH horizon AS (
     SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) AS position,
-           coalesce((SELECT pruned_through FROM tidings.feed_counts
-                     WHERE instance_id = %(instance_id)s AND user_id = %(user_id)s), 0)
-               AS pruned_through,
            coalesce((SELECT max(position) FROM tidings.events), 0) AS last_position
+), wanted AS (
+    SELECT * FROM unnest(%(instance_ids)s::text[], %(user_ids)s::text[], %(afters)s::bigint[])
+        WITH ORDINALITY AS w(instance_id, user_id, after, n)
 )
-SELECT e.instance_id, e.user_id, e.aggregate_id, e.event_type, e.payload, e.created_at,
-       e.position, c.total, c.unread, c.unseen, h.position AS horizon, h.pruned_through,
-       h.last_position
+SELECT w.n, e.aggregate_id, e.event_type, e.payload, e.created_at, e.position,
+       c.total, c.unread, c.unseen, coalesce(c.pruned_through, 0), h.last_position
 FROM horizon h
+CROSS JOIN wanted w
 LEFT JOIN LATERAL (
-    SELECT x.instance_id, coalesce(x.payload #>> '{inapp,user_id}', x.payload ->> 'user_id')
-               AS user_id,
-           x.aggregate_id, x.event_type, x.payload, x.created_at, x.position
+    SELECT x.aggregate_id, x.event_type, x.payload, x.created_at, x.position
     FROM tidings.events x
-    WHERE x.instance_id = %(instance_id)s
-      AND coalesce(x.payload #>> '{inapp,user_id}', x.payload ->> 'user_id') = %(user_id)s
-      AND x.position > %(after)s
+    WHERE x.instance_id = w.instance_id
+      AND coalesce(x.payload #>> '{inapp,user_id}', x.payload ->> 'user_id') = w.user_id
+      AND x.position > w.after
       AND x.position < h.position
       AND x.aggregate_type = 'notification'
       AND (x.event_type IN ('notification.seen', 'notification.read', 'notification.unread',
@@ -152,8 +153,8 @@ LEFT JOIN LATERAL (
     ORDER BY x.position
     LIMIT %(limit)s
 ) e ON true
-LEFT JOIN tidings.feed_counts c ON c.instance_id = e.instance_id AND c.user_id = e.user_id
-ORDER BY e.position;
+LEFT JOIN tidings.feed_counts c ON c.instance_id = w.instance_id AND c.user_id = w.user_id
+ORDER BY w.n, e.position;
 
 -- name: rebuild_feed
 SELECT tidings.rebuild_feed(%(since)s);
