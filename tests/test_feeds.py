@@ -390,3 +390,43 @@ async def test_projections_rebuild_feed_rebuilds_items_and_counts_from_the_log(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "rebuilt feed: 2 items within inapp.retention"
     assert await feed_tables(db) == live
+
+
+async def test_bulks_sending_to_the_same_users_in_opposite_orders_do_not_deadlock(
+    db: Database,
+) -> None:
+    """Two workers' bulks (one append each) send to the same users in opposite orders."""
+    from tests.feed_helpers import inapp_requested, inapp_sent
+
+    users = [f"user-{i:02d}" for i in range(40)]
+    for round_ in range(4):
+        requests = [inapp_requested(f"n-{round_}-{side}-{u}", user_id=u)
+                    for side in ("a", "b") for u in users]  # fmt: skip
+        await db.store.append(requests)
+        forward = [inapp_sent(f"n-{round_}-a-{u}", user_id=u) for u in users]
+        backward = [inapp_sent(f"n-{round_}-b-{u}", user_id=u) for u in reversed(users)]
+        await asyncio.gather(db.store.append(forward), db.store.append(backward))
+    for user in users[:3]:
+        counts = await feed_counts(db.store, instance_id="acme", user_id=user)
+        assert (counts.total, counts.unread, counts.unseen) == (8, 8, 8)
+
+
+async def test_a_send_and_its_marks_in_one_append_fold_as_in_a_rebuild(db: Database) -> None:
+    from tests.feed_helpers import inapp_requested, inapp_sent
+    from tidings.eventstore import NewEvent
+
+    def marked(event_type: str) -> NewEvent:
+        return NewEvent(instance_id="acme", aggregate_type="notification", aggregate_id="n-1",
+                        event_type=event_type, payload={"user_id": "user-ada"})  # fmt: skip
+
+    await db.store.append([
+        inapp_requested("n-1"), inapp_sent("n-1"), marked("notification.read"),
+        marked("notification.archived"),
+    ])  # fmt: skip
+    item = await get_item(db.store, instance_id="acme", user_id="user-ada", notification_id="n-1")
+    assert item.read_at is not None and item.archived_at is not None
+    counts = await feed_counts(db.store, instance_id="acme", user_id="user-ada")
+    assert (counts.total, counts.unread, counts.unseen) == (0, 0, 0)
+    live = await feed_tables(db)
+    await rebuild_feed(db.store, retention=timedelta(days=90), now=now())
+    assert await feed_tables(db) == live

@@ -187,7 +187,11 @@ class Subscription:
                     "reset", self.last, {"reason": "the cursor is older than the feed keeps"}
                 )
             if self.backfill_from is not None:
-                await self._backfill()
+                try:
+                    await self._backfill()
+                except StreamClosed as stopped:  # the hub stopped while it was read
+                    stopped.resume_after = self.last
+                    raise
                 continue
             item = await self.queue.get()
             if item is _CLOSED:

@@ -2,7 +2,7 @@
 --
 -- One row per in-app notification (instance, notification; it belongs to one
 -- user) with what it shows and the user's engagement, and one row of counts
--- per user. A trigger on tidings.events keeps both in the same transaction as
+-- per user. Triggers on tidings.events keep both in the same transaction as
 -- the event that changes them, whoever writes it: the notification.sent that
 -- carries an `inapp` item adds it, notification.seen/read/unread/archived/
 -- unarchived change it. So a badge (the counts) can never disagree with the
@@ -65,76 +65,54 @@ CREATE INDEX events_feed_user
                           'notification.archived', 'notification.unarchived')
            OR (event_type = 'notification.sent' AND payload ? 'inapp'));
 
-CREATE FUNCTION tidings.feed_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A mark changes its item and its user's counts. No item: the notification
+-- was not sent in-app, or retention dropped it (or the mark came before the
+-- send); the log keeps the mark all the same.
+CREATE FUNCTION tidings.feed_mark(
+    p_instance_id text, p_notification_id text, p_user_id text, p_event_type text,
+    p_sequence bigint, p_position bigint, p_at timestamptz
+) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    item   tidings.feed_items%ROWTYPE;
-    seen   timestamptz;
+    item     tidings.feed_items%ROWTYPE;
+    seen     timestamptz;
     was_read timestamptz;
-    arch   timestamptz;
+    arch     timestamptz;
     d_total  integer;
     d_unread integer;
     d_unseen integer;
 BEGIN
-    IF NEW.event_type = 'notification.sent' THEN
-        IF NOT (NEW.payload ? 'inapp') OR jsonb_typeof(NEW.payload -> 'inapp') <> 'object' THEN
-            RETURN NULL;
-        END IF;
-        INSERT INTO tidings.feed_items (
-            instance_id, notification_id, user_id, position, sequence, sent_at, message_type,
-            lang, title, body, action_url, data)
-        VALUES (
-            NEW.instance_id, NEW.aggregate_id, coalesce(NEW.payload #>> '{inapp,user_id}', ''),
-            NEW.position, NEW.sequence, NEW.created_at,
-            coalesce(NEW.payload #>> '{inapp,message_type}', ''),
-            coalesce(NEW.payload #>> '{inapp,lang}', ''),
-            coalesce(NEW.payload #>> '{inapp,title}', ''),
-            coalesce(NEW.payload #>> '{inapp,body}', ''),
-            coalesce(NEW.payload #>> '{inapp,action_url}', ''),
-            coalesce(NEW.payload #> '{inapp,data}', '{}'::jsonb))
-        ON CONFLICT (instance_id, notification_id) DO NOTHING;
-        IF FOUND THEN
-            INSERT INTO tidings.feed_counts AS c (instance_id, user_id, total, unread, unseen)
-            VALUES (NEW.instance_id, coalesce(NEW.payload #>> '{inapp,user_id}', ''), 1, 1, 1)
-            ON CONFLICT (instance_id, user_id) DO UPDATE SET
-                total = c.total + 1, unread = c.unread + 1, unseen = c.unseen + 1;
-        END IF;
-        RETURN NULL;
-    END IF;
-
-    -- A mark. The user's counts are locked before the item, as retention
-    -- locks them before it drops items: one order, so the two never deadlock.
+    -- The user's counts are locked before the item, as retention locks them
+    -- before it drops items: one order, so the two never deadlock.
     PERFORM 1 FROM tidings.feed_counts
-    WHERE instance_id = NEW.instance_id AND user_id = NEW.payload ->> 'user_id'
+    WHERE instance_id = p_instance_id AND user_id = p_user_id
     FOR UPDATE;
-    -- No item: the notification was not sent in-app, or retention dropped it;
-    -- the log keeps the mark all the same.
     SELECT * INTO item FROM tidings.feed_items
-    WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id
+    WHERE instance_id = p_instance_id AND notification_id = p_notification_id
     FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
+    IF NOT FOUND OR p_position < item.position THEN
+        RETURN;
     END IF;
     seen := item.seen_at;
     was_read := item.read_at;
     arch := item.archived_at;
-    CASE NEW.event_type
+    CASE p_event_type
         WHEN 'notification.seen' THEN
-            seen := coalesce(seen, NEW.created_at);
+            seen := coalesce(seen, p_at);
         WHEN 'notification.read' THEN
-            seen := coalesce(seen, NEW.created_at);
-            was_read := coalesce(was_read, NEW.created_at);
+            seen := coalesce(seen, p_at);
+            was_read := coalesce(was_read, p_at);
         WHEN 'notification.unread' THEN
             was_read := NULL;
         WHEN 'notification.archived' THEN
-            arch := coalesce(arch, NEW.created_at);
+            arch := coalesce(arch, p_at);
         WHEN 'notification.unarchived' THEN
             arch := NULL;
         ELSE
             NULL;
     END CASE;
     UPDATE tidings.feed_items SET
-        seen_at = seen, read_at = was_read, archived_at = arch, sequence = NEW.sequence
-    WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
+        seen_at = seen, read_at = was_read, archived_at = arch, sequence = p_sequence
+    WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
 
     -- What the item counts for after the mark, minus what it counted for before.
     d_total := (arch IS NULL)::integer - (item.archived_at IS NULL)::integer;
@@ -147,17 +125,76 @@ BEGIN
             total = total + d_total, unread = unread + d_unread, unseen = unseen + d_unseen
         WHERE instance_id = item.instance_id AND user_id = item.user_id;
     END IF;
+END;
+$$;
+
+-- The feed follows each appending statement: first its in-app sends add
+-- items and are counted, then its marks are applied in log order. A bulk of
+-- outcomes holds sends for many users, and two bulks appended at once would
+-- deadlock if each took its users' counts rows in its own order: every
+-- statement takes them in one order, (instance, user), so they queue instead
+-- (an INSERT ... SELECT ... ORDER BY takes its rows in that order).
+CREATE FUNCTION tidings.feed_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND (a.event_type IN ('notification.seen', 'notification.read', 'notification.unread',
+                                'notification.archived', 'notification.unarchived')
+               OR (a.event_type = 'notification.sent' AND a.payload ? 'inapp'))
+    ) THEN
+        RETURN NULL;
+    END IF;
+    WITH items AS (
+        INSERT INTO tidings.feed_items (
+            instance_id, notification_id, user_id, position, sequence, sent_at, message_type,
+            lang, title, body, action_url, data)
+        SELECT a.instance_id, a.aggregate_id, coalesce(a.payload #>> '{inapp,user_id}', ''),
+               a.position, a.sequence, a.created_at,
+               coalesce(a.payload #>> '{inapp,message_type}', ''),
+               coalesce(a.payload #>> '{inapp,lang}', ''),
+               coalesce(a.payload #>> '{inapp,title}', ''),
+               coalesce(a.payload #>> '{inapp,body}', ''),
+               coalesce(a.payload #>> '{inapp,action_url}', ''),
+               coalesce(a.payload #> '{inapp,data}', '{}'::jsonb)
+        FROM added a
+        WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.sent'
+          AND a.payload ? 'inapp' AND jsonb_typeof(a.payload -> 'inapp') = 'object'
+        ORDER BY a.position
+        ON CONFLICT (instance_id, notification_id) DO NOTHING
+        RETURNING instance_id, user_id
+    )
+    INSERT INTO tidings.feed_counts AS c (instance_id, user_id, total, unread, unseen)
+    SELECT i.instance_id, i.user_id, count(*), count(*), count(*)
+    FROM items i
+    GROUP BY i.instance_id, i.user_id
+    ORDER BY i.instance_id, i.user_id
+    ON CONFLICT (instance_id, user_id) DO UPDATE SET
+        total = c.total + excluded.total,
+        unread = c.unread + excluded.unread,
+        unseen = c.unseen + excluded.unseen;
+    FOR m IN
+        SELECT a.instance_id, a.aggregate_id, a.payload ->> 'user_id' AS user_id, a.event_type,
+               a.sequence, a.position, a.created_at
+        FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND a.event_type IN ('notification.seen', 'notification.read', 'notification.unread',
+                               'notification.archived', 'notification.unarchived')
+        ORDER BY a.position
+    LOOP
+        PERFORM tidings.feed_mark(m.instance_id, m.aggregate_id, m.user_id, m.event_type,
+                                  m.sequence, m.position, m.created_at);
+    END LOOP;
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER events_feed
     AFTER INSERT ON tidings.events
-    FOR EACH ROW
-    WHEN (NEW.aggregate_type = 'notification'
-          AND NEW.event_type IN ('notification.sent', 'notification.seen', 'notification.read',
-                                 'notification.unread', 'notification.archived',
-                                 'notification.unarchived'))
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT
     EXECUTE FUNCTION tidings.feed_apply();
 
 -- The feed as the log defines it (retention aside): every in-app send with
