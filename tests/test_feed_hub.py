@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from tests.feed_helpers import inapp_requested, inapp_sent, now, sent_inapp
+from tests.ops_helpers import wait_for
 from tidings.eventstore import Database
 from tidings.feeds.hub import FeedHub, SlowConsumer, StreamClosed, StreamEvent, Subscription
 from tidings.feeds.operations import mark, prune_feed
@@ -219,3 +220,23 @@ async def test_many_streams_resuming_at_once_each_get_their_own_events(db: Datab
     for user, events in zip(users, got, strict=True):
         assert [e.position for e in messages(events)] == sent[user]
         assert all(e.data["id"].startswith(f"n-{user}-") for e in messages(events))
+
+
+async def test_a_consumer_too_slow_during_its_backfill_is_closed_at_once(db: Database) -> None:
+    first = await sent_inapp(db.store, [f"n-{i}" for i in range(5)])
+    async with running_hub(db, queue_size=2, batch=2) as hub:
+        sub = await hub.subscribe("acme", "user-ada", after=first[0].position - 1)
+        [event] = await collect(sub, lambda g: True)  # one backfill page read, then it stalls
+        assert event.position == first[0].position
+        more = [(await sent_inapp(db.store, [f"m-{i}"]))[0] for i in range(3)]
+
+        async def overflowed() -> bool:  # the live events overflow its queue meanwhile
+            return sub.closed is not None
+
+        await wait_for(overflowed, "the hub to close the stalled stream", TIMEOUT)
+        with pytest.raises(SlowConsumer) as caught:
+            await collect(sub, lambda g: False)
+        assert caught.value.resume_after == first[0].position
+        again = await hub.subscribe("acme", "user-ada", after=caught.value.resume_after)
+        got = messages(await collect(again, lambda g: len(messages(g)) >= 7))
+    assert [e.position for e in got] == [a.position for a in [*first[1:], *more]]

@@ -179,6 +179,9 @@ class Subscription:
 
     async def __anext__(self) -> StreamEvent:
         while True:
+            if self.closed is not None:  # closed while it read its backfill, too
+                self.closed.resume_after = self.last
+                raise self.closed
             if self._pending:
                 return self._hand(self._pending.pop(0))
             if self.reset:
@@ -288,6 +291,7 @@ class FeedHub:
         self._woken = asyncio.Event()
         self._last_woken = 0  # the newest position a wake-up announced
         self._reader: AsyncConnectionPool[Any] | None = None
+        self._catching_up = asyncio.Lock()
         self._asks: list[_Ask] = []
         self._asked = asyncio.Event()
         self.dropped_slow = 0
@@ -481,6 +485,10 @@ class FeedHub:
 
     async def catch_up(self) -> bool:
         """Read and hand out every feed event after the cursor; False when held back."""
+        async with self._catching_up:  # one reader at a time: each event is routed once
+            return await self._catch_up()
+
+    async def _catch_up(self) -> bool:
         assert self.cursor is not None
         while True:
             rows, horizon = await self._read("feed_events_after", {"after": self.cursor})
