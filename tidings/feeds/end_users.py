@@ -173,8 +173,9 @@ class JwksCache:
                 where = mask_url(url)
                 log.warning(
                     "cannot fetch the end users' signing keys from %s: %s; tokens signed "
-                    "with keys not cached are refused until it answers", where, exc,
-                    extra={"jwks_url": where},
+                    "with keys not cached are answered 503 until it answers: check that the "
+                    "URL (end_users.jwks_url) is right and reachable from this process",
+                    where, exc, extra={"jwks_url": where},
                 )  # fmt: skip
                 raise KeysUnavailable(
                     f"cannot fetch the signing keys from {where}: {type(exc).__name__}",
