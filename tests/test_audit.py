@@ -771,9 +771,9 @@ async def test_rebuild_pending_writes_what_the_audit_compares_with(
 
 def test_every_rule_says_what_to_do() -> None:
     assert set(RULES) == {
-        "starts-with-requested", "settled-once", "attempts", "sequence-gap", "source-exists",
-        "source-sent", "pending-queue", "users-read-model", "unreadable-payload",
-        "unknown-event-type", "position-reachable",
+        "starts-with-requested", "settled-once", "attempts", "marks", "sequence-gap",
+        "source-exists", "source-sent", "pending-queue", "users-read-model",
+        "unreadable-payload", "unknown-event-type", "position-reachable",
     }  # fmt: skip
     for rule in RULES.values():
         assert rule.holds and rule.advice

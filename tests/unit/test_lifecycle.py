@@ -18,17 +18,24 @@ from hypothesis import strategies as st
 from tests.unit.lifecycle_helpers import T0, Event, policy, request, requested_state, user
 from tidings.notification.backoff import Backoff
 from tidings.notification.events import (
+    ARCHIVED,
     CANCELED,
+    READ,
     RETRY_REQUESTED,
+    SEEN,
     SENT,
+    UNREAD,
     Canceled,
     CancelReason,
+    InAppContent,
+    Mark,
     RetryRequested,
     Sent,
 )
 from tidings.notification.lifecycle import (
     Delivered,
     Due,
+    Engagement,
     Failed,
     IllegalEvent,
     NotificationState,
@@ -460,3 +467,65 @@ def test_a_direct_request_waits_for_an_unknown_user_until_max_ttl() -> None:
         state, Due(user=None), now=T0 + timedelta(minutes=5, seconds=1), policy=policy()
     )
     assert past_ttl.reason is CancelReason.EXPIRED
+
+
+# --- the feed's marks -----------------------------------------------------------------
+
+
+def _sent_in_app(user_id: str = "user-ada") -> NotificationState:
+    item = InAppContent(user_id=user_id, message_type="PasswordChange", lang="en",
+                        title="Your password changed", body="...")  # fmt: skip
+    sent = Sent(channel="inapp", provider_message_id="inapp-n", attempt=1, inapp=item)
+    return evolve(evolve(None, requested_event()), Event(SENT, 2, sent.payload()))
+
+
+def _mark(event_type: str, sequence: int, user_id: str = "user-ada") -> Event:
+    return Event(event_type, sequence, Mark(user_id=user_id).model_dump(mode="json"))
+
+
+def test_marks_move_an_in_app_item_and_leave_it_sent() -> None:
+    state = _sent_in_app()
+    assert (state.status, state.sent_via, state.inapp_user) == (Status.SENT, "inapp", "user-ada")
+    state = evolve(state, _mark(READ, 3))
+    assert (state.status, state.sequence, state.engagement) == (
+        Status.SENT, 3, Engagement(seen=True, read=True),
+    )  # fmt: skip
+    state = evolve(evolve(state, _mark(UNREAD, 4)), _mark(ARCHIVED, 5))
+    assert state.engagement == Engagement(seen=True, read=False, archived=True)
+    assert state.queue_row() is None
+
+
+def test_a_mark_follows_only_an_in_app_send_for_its_user() -> None:
+    requested = evolve(None, requested_event())
+    pending = _refusal(requested, _mark(SEEN, 2))
+    assert pending.rule == "marks" and "the notification is not settled" in str(pending)
+    by_email = Sent(channel="smtp", provider_message_id="m", attempt=1).payload()
+    emailed = evolve(requested, Event(SENT, 2, by_email))
+    assert "sent via smtp" in str(_refusal(emailed, _mark(READ, 3)))
+    canceled = Canceled(reason=CancelReason.EXPIRED, error="late", attempt=0)
+    settled = evolve(requested, Event(CANCELED, 2, canceled.model_dump(mode="json")))
+    refused = _refusal(settled, _mark(READ, 3))
+    assert refused.rule == "marks" and "notification.canceled" in str(refused)
+    other = _refusal(_sent_in_app(), _mark(SEEN, 3, user_id="user-bob"))
+    assert other.rule == "marks" and "for user user-bob, the item is user user-ada's" in str(other)
+    read = evolve(_sent_in_app(), _mark(READ, 3))
+    twice = _refusal(read, _mark(READ, 4))
+    assert twice.rule == "marks" and "changes nothing" in str(twice)
+    unreadable = _refusal(read, Event(SEEN, 4, {}))
+    assert unreadable.rule == "unreadable-payload"
+    # A reader going on past a refused mark keeps the item as it was.
+    after, refusals = step(read, _mark(READ, 4, user_id="user-bob"))
+    assert after is not None and after.engagement == read.engagement and after.sequence == 4
+    assert [r.rule for r in refusals] == ["marks", "marks"]
+
+
+def test_an_in_app_delivery_keeps_its_item_in_the_sent_event() -> None:
+    item = InAppContent(user_id="user-ada", message_type="PasswordChange", lang="en",
+                        title="Your password changed", body="...")  # fmt: skip
+    state = requested_state(notify_user=user())
+    in_app = Delivered(channel="inapp", provider_message_id="inapp-n", inapp=item)
+    [(event_type, payload)] = decide(state, in_app, now=NOW, policy=policy()).events
+    assert event_type == SENT and payload["inapp"]["user_id"] == "user-ada"
+    by_email = Delivered(channel="smtp", provider_message_id="m-1")
+    [(_, payload)] = decide(state, by_email, now=NOW, policy=policy()).events
+    assert "inapp" not in payload  # other sends look as before

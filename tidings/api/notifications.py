@@ -62,7 +62,11 @@ _STATE_OF: dict[str, StateName] = {
     CANCELED: "canceled",
 }
 # Which texts a channel shows: a custom message type must have these.
-_CHANNEL_FIELDS = {"email": ("subject", "body"), "sms": ("sms",)}
+_CHANNEL_FIELDS = {
+    "email": ("subject", "body"),
+    "sms": ("sms",),
+    "inapp": ("inapp_title", "inapp_body"),
+}
 
 
 class PlainCode(BaseModel):

@@ -39,6 +39,15 @@ _RULES = (
         "`tidings history ID`",
     ),
     Rule(
+        "marks",
+        "a feed mark (notification.seen, read, unread, archived, unarchived) follows an "
+        "in-app notification.sent, names the item's user, and changes the item",
+        "the mark was not appended through the feed (which reads the item first and appends "
+        "once, expecting its sequence); find the writer by its creator: "
+        "`tidings replay --aggregate-id ID --format jsonl`; the feed model ignores marks "
+        "without an item, so counts are unaffected",
+    ),
+    Rule(
         "sequence-gap",
         "every aggregate's sequences are 1, 2, 3, ... without gaps",
         "events were deleted from the log (appends never leave gaps); restore them from a "
@@ -91,8 +100,8 @@ _RULES = (
     ),
     Rule(
         "unknown-event-type",
-        "a notification aggregate holds only notification.requested, .retry.requested, .sent "
-        "and .canceled",
+        "a notification aggregate holds only notification.requested, .retry.requested, .sent, "
+        ".canceled and the feed marks (.seen, .read, .unread, .archived, .unarchived)",
         "the event was not written by tidings; find the writer by its creator: "
         "`tidings replay --aggregate-id ID --format jsonl`",
     ),

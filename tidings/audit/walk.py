@@ -55,7 +55,7 @@ class AggregateWalk:
     sequence-gap for every aggregate; a notification's events are folded with
     the lifecycle (tidings.notification.lifecycle.step), and every rule an
     event breaks is reported (starts-with-requested, settled-once, attempts,
-    unreadable-payload, unknown-event-type); the walk goes on from the state a
+    marks, unreadable-payload, unknown-event-type); the walk goes on from the state a
     reader continuing past it sees. attempts also compares the attempts made
     with notifications.max_attempts: a setting, not a rule of the log. Every
     check is done as the event goes by, so nothing is left to check after the

@@ -145,7 +145,7 @@ def make_projector(db: Database, settings: Settings, names: Iterable[str] = ()) 
     return Projector(db=db, projections=projections, settings=settings.projections)
 
 
-PROJECTION_NAMES = ("users", "requests", "pending")
+PROJECTION_NAMES = ("users", "requests", "pending", "feed")
 
 
 def check_address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -22,9 +22,11 @@ from tidings.cli.base import (
     settings_of,
     stop_on_signals,
 )
+from tidings.clock import utc_now
 from tidings.eventstore import (
     open_database,
 )
+from tidings.feeds.operations import rebuild_feed
 from tidings.metrics import Metrics
 from tidings.projections import LeaderLock
 from tidings.workers import PendingQueue
@@ -121,6 +123,10 @@ def projections_rebuild(ctx: click.Context, name: str) -> None:
         async with open_database(settings.database) as db:
             if name == "pending":
                 return await PendingQueue(pool=db.pool).rebuild()
+            if name == "feed":  # an inline projection, like pending: one statement
+                return await rebuild_feed(
+                    db.store, retention=settings.inapp.retention, now=utc_now()
+                )
             projector = make_projector(db, settings, [name])
             stop = asyncio.Event()
             leader = LeaderLock(
@@ -144,5 +150,7 @@ def projections_rebuild(ctx: click.Context, name: str) -> None:
     replayed = run(go())
     if name == "pending":
         click.echo(f"rebuilt pending: {replayed} open notifications")
+    elif name == "feed":
+        click.echo(f"rebuilt feed: {replayed} items within inapp.retention")
     else:
         click.echo(f"rebuilt {name}: replayed {replayed} events")

@@ -344,6 +344,62 @@ class APISettings(_Section):
         return parse_address(self.addr)
 
 
+def _check_url(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if not value.strip().startswith(("https://", "http://")):
+        raise ValueError(f"expected an http(s) URL, got {value!r}")
+    return value.strip()
+
+
+HttpURL = Annotated[str | None, AfterValidator(_check_url)]
+
+
+class EndUserInstanceSettings(_Section):
+    """One instance's own end-user settings; what is left out comes from end_users."""
+
+    jwt_secret: SecretStr | None = None
+    jwks_url: HttpURL = None
+    issuer: str | None = None
+    audience: str | None = None
+    hmac_secret: SecretStr | None = None
+
+
+class EndUserSettings(_Section):
+    jwt_secret: SecretStr | None = None
+    jwks_url: HttpURL = None
+    issuer: str | None = None
+    audience: str | None = None
+    instance_claim: str = Field(default="instance", min_length=1)
+    leeway: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    jwks_cache: Duration = Field(default_factory=lambda: timedelta(minutes=10))
+    jwks_min_refresh: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    hmac_secret: SecretStr | None = None
+    instances: dict[str, EndUserInstanceSettings] = Field(default_factory=dict)
+
+    def for_instance(self, instance_id: str) -> EndUserInstanceSettings:
+        """The settings that verify this instance's tokens: its overrides, then the defaults."""
+        base = EndUserInstanceSettings(
+            jwt_secret=self.jwt_secret,
+            jwks_url=self.jwks_url,
+            issuer=self.issuer,
+            audience=self.audience,
+            hmac_secret=self.hmac_secret,
+        )
+        override = self.instances.get(instance_id)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class InAppSettings(_Section):
+    retention: Duration = Field(default_factory=lambda: timedelta(days=90))
+    retention_every: Duration = Field(default_factory=lambda: timedelta(hours=1))
+    queue_size: int = Field(default=256, ge=1)
+    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
+    heartbeat: Duration = Field(default_factory=lambda: timedelta(seconds=15))
+
+
 class Settings(BaseSettings):
     """Every setting of tidings; see defaults.yaml for what each one does."""
 
@@ -358,6 +414,8 @@ class Settings(BaseSettings):
     templates: TemplateSettings = Field(default_factory=TemplateSettings)
     operations: OperationsSettings = Field(default_factory=OperationsSettings)
     api: APISettings = Field(default_factory=APISettings)
+    inapp: InAppSettings = Field(default_factory=InAppSettings)
+    end_users: EndUserSettings = Field(default_factory=EndUserSettings)
 
     @model_validator(mode="after")
     def _lease_covers_send_and_record(self) -> Settings:
@@ -398,6 +456,12 @@ class Settings(BaseSettings):
         channels = shown["channels"]
         channels["webhook"]["url"] = mask_url(self.channels.webhook.url)
         channels["twilio"]["base_url"] = mask_url(self.channels.twilio.base_url)
+        end_users = shown["end_users"]
+        if self.end_users.jwks_url:
+            end_users["jwks_url"] = mask_url(self.end_users.jwks_url)
+        for name, instance in self.end_users.instances.items():
+            if instance.jwks_url:
+                end_users["instances"][name]["jwks_url"] = mask_url(instance.jwks_url)
         return shown
 
     def secret_values(self) -> list[str]:
@@ -418,6 +482,9 @@ class Settings(BaseSettings):
         if self.database.url is not None:
             found += url_secrets(self.database.url.get_secret_value())
         found += url_secrets(self.channels.webhook.url)
+        for jwks_url in (self.end_users.jwks_url,
+                         *(i.jwks_url for i in self.end_users.instances.values())):  # fmt: skip
+            found += url_secrets(jwks_url or "")
         found += url_secrets(self.channels.twilio.base_url)
         return sorted({value for value in found if len(value) >= 4}, key=len, reverse=True)
 

@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0008 applied).
+-- (migrations 0001..0009 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -258,6 +258,134 @@ $$;
 
 
 --
+-- Name: feed_apply(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.feed_apply() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    m record;
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND (a.event_type IN ('notification.seen', 'notification.read', 'notification.unread',
+                                'notification.archived', 'notification.unarchived')
+               OR (a.event_type = 'notification.sent' AND a.payload ? 'inapp'))
+    ) THEN
+        RETURN NULL;
+    END IF;
+    WITH items AS (
+        INSERT INTO tidings.feed_items (
+            instance_id, notification_id, user_id, position, sequence, sent_at, message_type,
+            lang, title, body, action_url, data)
+        SELECT a.instance_id, a.aggregate_id, coalesce(a.payload #>> '{inapp,user_id}', ''),
+               a.position, a.sequence, a.created_at,
+               coalesce(a.payload #>> '{inapp,message_type}', ''),
+               coalesce(a.payload #>> '{inapp,lang}', ''),
+               coalesce(a.payload #>> '{inapp,title}', ''),
+               coalesce(a.payload #>> '{inapp,body}', ''),
+               coalesce(a.payload #>> '{inapp,action_url}', ''),
+               coalesce(a.payload #> '{inapp,data}', '{}'::jsonb)
+        FROM added a
+        WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.sent'
+          AND a.payload ? 'inapp' AND jsonb_typeof(a.payload -> 'inapp') = 'object'
+        ORDER BY a.position
+        ON CONFLICT (instance_id, notification_id) DO NOTHING
+        RETURNING instance_id, user_id
+    )
+    INSERT INTO tidings.feed_counts AS c (instance_id, user_id, total, unread, unseen)
+    SELECT i.instance_id, i.user_id, count(*), count(*), count(*)
+    FROM items i
+    GROUP BY i.instance_id, i.user_id
+    ORDER BY i.instance_id, i.user_id
+    ON CONFLICT (instance_id, user_id) DO UPDATE SET
+        total = c.total + excluded.total,
+        unread = c.unread + excluded.unread,
+        unseen = c.unseen + excluded.unseen;
+    FOR m IN
+        SELECT a.instance_id, a.aggregate_id, a.payload ->> 'user_id' AS user_id, a.event_type,
+               a.sequence, a.position, a.created_at
+        FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND a.event_type IN ('notification.seen', 'notification.read', 'notification.unread',
+                               'notification.archived', 'notification.unarchived')
+        ORDER BY a.position
+    LOOP
+        PERFORM tidings.feed_mark(m.instance_id, m.aggregate_id, m.user_id, m.event_type,
+                                  m.sequence, m.position, m.created_at);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+
+--
+-- Name: feed_mark(text, text, text, text, bigint, bigint, timestamp with time zone); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.feed_mark(p_instance_id text, p_notification_id text, p_user_id text, p_event_type text, p_sequence bigint, p_position bigint, p_at timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    item     tidings.feed_items%ROWTYPE;
+    seen     timestamptz;
+    was_read timestamptz;
+    arch     timestamptz;
+    d_total  integer;
+    d_unread integer;
+    d_unseen integer;
+BEGIN
+    -- The user's counts are locked before the item, as retention locks them
+    -- before it drops items: one order, so the two never deadlock.
+    PERFORM 1 FROM tidings.feed_counts
+    WHERE instance_id = p_instance_id AND user_id = p_user_id
+    FOR UPDATE;
+    SELECT * INTO item FROM tidings.feed_items
+    WHERE instance_id = p_instance_id AND notification_id = p_notification_id
+    FOR UPDATE;
+    IF NOT FOUND OR p_position < item.position THEN
+        RETURN;
+    END IF;
+    seen := item.seen_at;
+    was_read := item.read_at;
+    arch := item.archived_at;
+    CASE p_event_type
+        WHEN 'notification.seen' THEN
+            seen := coalesce(seen, p_at);
+        WHEN 'notification.read' THEN
+            seen := coalesce(seen, p_at);
+            was_read := coalesce(was_read, p_at);
+        WHEN 'notification.unread' THEN
+            was_read := NULL;
+        WHEN 'notification.archived' THEN
+            arch := coalesce(arch, p_at);
+        WHEN 'notification.unarchived' THEN
+            arch := NULL;
+        ELSE
+            NULL;
+    END CASE;
+    UPDATE tidings.feed_items SET
+        seen_at = seen, read_at = was_read, archived_at = arch, sequence = p_sequence
+    WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
+
+    -- What the item counts for after the mark, minus what it counted for before.
+    d_total := (arch IS NULL)::integer - (item.archived_at IS NULL)::integer;
+    d_unread := (arch IS NULL AND was_read IS NULL)::integer
+              - (item.archived_at IS NULL AND item.read_at IS NULL)::integer;
+    d_unseen := (arch IS NULL AND seen IS NULL)::integer
+              - (item.archived_at IS NULL AND item.seen_at IS NULL)::integer;
+    IF d_total <> 0 OR d_unread <> 0 OR d_unseen <> 0 THEN
+        UPDATE tidings.feed_counts SET
+            total = total + d_total, unread = unread + d_unread, unseen = unseen + d_unseen
+        WHERE instance_id = item.instance_id AND user_id = item.user_id;
+    END IF;
+END;
+$$;
+
+
+--
 -- Name: pending_apply(); Type: FUNCTION; Schema: tidings; Owner: -
 --
 
@@ -361,6 +489,40 @@ $$;
 
 
 --
+-- Name: rebuild_feed(timestamp with time zone); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.rebuild_feed(p_since timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    rebuilt bigint;
+BEGIN
+    DELETE FROM tidings.feed_items;
+    DELETE FROM tidings.feed_counts;
+    INSERT INTO tidings.feed_items
+    SELECT f.instance_id, f.notification_id, f.user_id, f.position, f.sequence, f.sent_at,
+           f.message_type, f.lang, f.title, f.body, f.action_url, f.data, f.seen_at,
+           f.read_at, f.archived_at
+    FROM tidings.feed_from_log f;
+    INSERT INTO tidings.feed_counts (instance_id, user_id, total, unread, unseen, pruned_through)
+    SELECT i.instance_id, i.user_id,
+           count(*) FILTER (WHERE i.archived_at IS NULL AND i.sent_at >= p_since),
+           count(*) FILTER (WHERE i.archived_at IS NULL AND i.read_at IS NULL
+                              AND i.sent_at >= p_since),
+           count(*) FILTER (WHERE i.archived_at IS NULL AND i.seen_at IS NULL
+                              AND i.sent_at >= p_since),
+           coalesce(max(i.position) FILTER (WHERE i.sent_at < p_since), 0)
+    FROM tidings.feed_items i
+    GROUP BY i.instance_id, i.user_id;
+    DELETE FROM tidings.feed_items WHERE sent_at < p_since;
+    SELECT count(*) INTO rebuilt FROM tidings.feed_items;
+    RETURN rebuilt;
+END;
+$$;
+
+
+--
 -- Name: rebuild_pending(); Type: FUNCTION; Schema: tidings; Owner: -
 --
 
@@ -437,6 +599,100 @@ COMMENT ON TABLE tidings.events IS 'Append-only event log; write through tidings
 --
 
 COMMENT ON COLUMN tidings.events."position" IS '(id of the writing transaction << 16) + index within it; position >> 16 is the transaction id';
+
+
+--
+-- Name: feed_counts; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.feed_counts (
+    instance_id text NOT NULL,
+    user_id text NOT NULL,
+    total integer DEFAULT 0 NOT NULL,
+    unread integer DEFAULT 0 NOT NULL,
+    unseen integer DEFAULT 0 NOT NULL,
+    pruned_through bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT feed_counts_total_check CHECK ((total >= 0)),
+    CONSTRAINT feed_counts_unread_check CHECK ((unread >= 0)),
+    CONSTRAINT feed_counts_unseen_check CHECK ((unseen >= 0))
+);
+
+
+--
+-- Name: feed_from_log; Type: VIEW; Schema: tidings; Owner: -
+--
+
+CREATE VIEW tidings.feed_from_log AS
+ WITH marks AS (
+         SELECT m.instance_id,
+            m.aggregate_id,
+            m.event_type,
+            m.sequence,
+            m.created_at
+           FROM tidings.events m
+          WHERE ((m.aggregate_type = 'notification'::text) AND (m.event_type = ANY (ARRAY['notification.seen'::text, 'notification.read'::text, 'notification.unread'::text, 'notification.archived'::text, 'notification.unarchived'::text])))
+        )
+ SELECT instance_id,
+    aggregate_id AS notification_id,
+    COALESCE((payload #>> '{inapp,user_id}'::text[]), ''::text) AS user_id,
+    "position",
+    GREATEST(sequence, ( SELECT max(k.sequence) AS max
+           FROM marks k
+          WHERE ((k.instance_id = s.instance_id) AND (k.aggregate_id = s.aggregate_id)))) AS sequence,
+    created_at AS sent_at,
+    COALESCE((payload #>> '{inapp,message_type}'::text[]), ''::text) AS message_type,
+    COALESCE((payload #>> '{inapp,lang}'::text[]), ''::text) AS lang,
+    COALESCE((payload #>> '{inapp,title}'::text[]), ''::text) AS title,
+    COALESCE((payload #>> '{inapp,body}'::text[]), ''::text) AS body,
+    COALESCE((payload #>> '{inapp,action_url}'::text[]), ''::text) AS action_url,
+    COALESCE((payload #> '{inapp,data}'::text[]), '{}'::jsonb) AS data,
+    ( SELECT min(k.created_at) AS min
+           FROM marks k
+          WHERE ((k.instance_id = s.instance_id) AND (k.aggregate_id = s.aggregate_id) AND (k.sequence > s.sequence) AND (k.event_type = ANY (ARRAY['notification.seen'::text, 'notification.read'::text])))) AS seen_at,
+    ( SELECT min(k.created_at) AS min
+           FROM marks k
+          WHERE ((k.instance_id = s.instance_id) AND (k.aggregate_id = s.aggregate_id) AND (k.event_type = 'notification.read'::text) AND (k.sequence > GREATEST(s.sequence, COALESCE(( SELECT max(u.sequence) AS max
+                   FROM marks u
+                  WHERE ((u.instance_id = s.instance_id) AND (u.aggregate_id = s.aggregate_id) AND (u.event_type = 'notification.unread'::text))), (0)::bigint))))) AS read_at,
+    ( SELECT min(k.created_at) AS min
+           FROM marks k
+          WHERE ((k.instance_id = s.instance_id) AND (k.aggregate_id = s.aggregate_id) AND (k.event_type = 'notification.archived'::text) AND (k.sequence > GREATEST(s.sequence, COALESCE(( SELECT max(u.sequence) AS max
+                   FROM marks u
+                  WHERE ((u.instance_id = s.instance_id) AND (u.aggregate_id = s.aggregate_id) AND (u.event_type = 'notification.unarchived'::text))), (0)::bigint))))) AS archived_at
+   FROM tidings.events s
+  WHERE ((aggregate_type = 'notification'::text) AND (event_type = 'notification.sent'::text) AND (payload ? 'inapp'::text) AND (jsonb_typeof((payload -> 'inapp'::text)) = 'object'::text) AND (NOT (EXISTS ( SELECT 1
+           FROM tidings.events f
+          WHERE ((f.instance_id = s.instance_id) AND (f.aggregate_type = 'notification'::text) AND (f.aggregate_id = s.aggregate_id) AND (f.event_type = 'notification.sent'::text) AND (f.payload ? 'inapp'::text) AND (f.sequence < s.sequence))))));
+
+
+--
+-- Name: VIEW feed_from_log; Type: COMMENT; Schema: tidings; Owner: -
+--
+
+COMMENT ON VIEW tidings.feed_from_log IS 'The feed items rebuilt from the log, retention aside: what rebuild_feed() writes';
+
+
+--
+-- Name: feed_items; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.feed_items (
+    instance_id text NOT NULL,
+    notification_id text NOT NULL,
+    user_id text NOT NULL,
+    "position" bigint NOT NULL,
+    sequence bigint NOT NULL,
+    sent_at timestamp with time zone NOT NULL,
+    message_type text NOT NULL,
+    lang text NOT NULL,
+    title text NOT NULL,
+    body text NOT NULL,
+    action_url text NOT NULL,
+    data jsonb NOT NULL,
+    seen_at timestamp with time zone,
+    read_at timestamp with time zone,
+    archived_at timestamp with time zone
+);
 
 
 --
@@ -609,6 +865,22 @@ ALTER TABLE ONLY tidings.events
 
 
 --
+-- Name: feed_counts feed_counts_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.feed_counts
+    ADD CONSTRAINT feed_counts_pkey PRIMARY KEY (instance_id, user_id);
+
+
+--
+-- Name: feed_items feed_items_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.feed_items
+    ADD CONSTRAINT feed_items_pkey PRIMARY KEY (instance_id, notification_id);
+
+
+--
 -- Name: pending_notifications pending_notifications_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
 --
 
@@ -663,6 +935,20 @@ CREATE INDEX events_created_at ON tidings.events USING btree (created_at);
 
 
 --
+-- Name: events_feed; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_feed ON tidings.events USING btree ("position") WHERE ((aggregate_type = 'notification'::text) AND ((event_type = ANY (ARRAY['notification.seen'::text, 'notification.read'::text, 'notification.unread'::text, 'notification.archived'::text, 'notification.unarchived'::text])) OR ((event_type = 'notification.sent'::text) AND (payload ? 'inapp'::text))));
+
+
+--
+-- Name: events_feed_user; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX events_feed_user ON tidings.events USING btree (instance_id, COALESCE((payload #>> '{inapp,user_id}'::text[]), (payload ->> 'user_id'::text)), "position") WHERE ((aggregate_type = 'notification'::text) AND ((event_type = ANY (ARRAY['notification.seen'::text, 'notification.read'::text, 'notification.unread'::text, 'notification.archived'::text, 'notification.unarchived'::text])) OR ((event_type = 'notification.sent'::text) AND (payload ? 'inapp'::text))));
+
+
+--
 -- Name: events_instance_created_at; Type: INDEX; Schema: tidings; Owner: -
 --
 
@@ -691,6 +977,20 @@ CREATE INDEX events_type_position ON tidings.events USING btree (event_type, "po
 
 
 --
+-- Name: feed_items_sent_at; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX feed_items_sent_at ON tidings.feed_items USING btree (sent_at);
+
+
+--
+-- Name: feed_items_user; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX feed_items_user ON tidings.feed_items USING btree (instance_id, user_id, "position" DESC);
+
+
+--
 -- Name: pending_notifications_claim; Type: INDEX; Schema: tidings; Owner: -
 --
 
@@ -702,6 +1002,13 @@ CREATE INDEX pending_notifications_claim ON tidings.pending_notifications USING 
 --
 
 CREATE TRIGGER api_keys_apply AFTER INSERT ON tidings.events FOR EACH ROW WHEN ((new.aggregate_type = 'apikey'::text)) EXECUTE FUNCTION tidings.api_keys_apply();
+
+
+--
+-- Name: events events_feed; Type: TRIGGER; Schema: tidings; Owner: -
+--
+
+CREATE TRIGGER events_feed AFTER INSERT ON tidings.events REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tidings.feed_apply();
 
 
 --
@@ -724,4 +1031,5 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (5, 'pending_autovacuum', '034be3d633afac37ae139a121f4d6ceb2853873fd77becccd510f5c099975c43'),
     (6, 'audit_lookups', 'f123ead9a1e773054cbb48109c9231f136c7f161a64198e1fe12fcabaef73e7b'),
     (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146'),
-    (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015');
+    (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
+    (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98');

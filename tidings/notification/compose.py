@@ -7,14 +7,22 @@ from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
 from tidings.notification.channels.base import EmailContent, OutgoingMessage, SMSContent
-from tidings.notification.errors import CodeError, RenderError
+from tidings.notification.errors import CodeError, InAppRefused, RenderError
+from tidings.notification.events import InAppContent
+from tidings.notification.messages import CODE_MESSAGE_TYPES
 from tidings.notification.recipients import email_recipient, sms_recipient
-from tidings.notification.rendering import TEXT_FIELDS, Renderer, choose_language, humanize
+from tidings.notification.rendering import (
+    INAPP_FIELDS,
+    MESSAGE_FIELDS,
+    Renderer,
+    choose_language,
+    humanize,
+)
 from tidings.notification.requests import NotifyUser, Request
 
 # The text fields each channel's message is made of (an email's layout gets
 # every one of its fields); the others are not rendered.
-EMAIL_FIELDS = frozenset(f for f in TEXT_FIELDS if f != "sms")
+EMAIL_FIELDS = frozenset(f for f in MESSAGE_FIELDS if f != "sms")
 SMS_FIELDS = frozenset({"sms"})
 
 
@@ -51,7 +59,15 @@ class MessageComposer:
         request: Request,
         user: NotifyUser,
     ) -> OutgoingMessage:
-        """Raises RecipientError, CodeError or RenderError (all permanent)."""
+        """Raises RecipientError, CodeError, RenderError or InAppRefused (all permanent)."""
+        if request.channel == "inapp":
+            return self._compose_inapp(
+                notification_id=notification_id,
+                instance_id=instance_id,
+                attempt=attempt,
+                request=request,
+                user=user,
+            )
         if request.channel == "email":
             address, name = email_recipient(request, user)
         else:
@@ -117,6 +133,56 @@ class MessageComposer:
                 template=largest,
             )
 
+    def _compose_inapp(
+        self,
+        *,
+        notification_id: str,
+        instance_id: str,
+        attempt: int,
+        request: Request,
+        user: NotifyUser,
+    ) -> OutgoingMessage:
+        """The feed item: title, body and action URL in the user's language, and the data.
+
+        Refused before anything is decrypted when the message carries a code.
+        """
+        refuse_codes_in_app(request.message_type, has_code=request.code is not None)
+        catalog = self._renderer.catalog
+        lang = choose_language(
+            user.preferred_language, catalog.languages(instance_id), self._fallback
+        )
+        if not catalog.texts(instance_id, lang, request.message_type):
+            lang = self._fallback  # a custom type written in fewer languages than the built-ins
+        variables = self.variables(request, user, code="", lang=lang)
+        variables["url"] = (
+            self._renderer.url(request.url_template, url_variables(request, user, ""))
+            if request.url_template
+            else ""
+        )
+        texts = self._renderer.texts(
+            instance_id=instance_id,
+            lang=lang,
+            message_type=request.message_type,
+            variables=variables,
+            fields=INAPP_FIELDS,
+        )
+        content = InAppContent(
+            user_id=request.user_id,
+            message_type=request.message_type,
+            lang=lang,
+            title=texts["inapp_title"],
+            body=texts["inapp_body"],
+            action_url=variables["url"],
+            data=dict(request.args),
+        )
+        return OutgoingMessage(
+            notification_id=notification_id,
+            instance_id=instance_id,
+            attempt=attempt,
+            message_type=request.message_type,
+            content=content,
+        )
+
     def variables(
         self, request: Request, user: NotifyUser, *, code: str, lang: str
     ) -> dict[str, Any]:
@@ -141,6 +207,22 @@ class MessageComposer:
                 "(TIDINGS_CRYPTO_KEYS)"
             )
         return self._cipher.decrypt(request.code)
+
+
+def refuse_codes_in_app(message_type: str, *, has_code: bool) -> None:
+    """Raise InAppRefused when a message of this type (or with a code) would go in-app.
+
+    One-time codes never go in-app: the API refuses such a request at the door
+    with the same error the worker cancels it with.
+    """
+    if has_code or message_type in CODE_MESSAGE_TYPES:
+        what = "carries a one-time code" if has_code else "is a one-time code message"
+        raise InAppRefused(
+            f"{message_type} {what} and may not go in-app: a feed keeps what it shows for "
+            "months on every device the user is signed in to; send it by email or sms",
+            channel="inapp",
+            message_type=message_type,
+        )
 
 
 def code_forms(code: str) -> tuple[str, ...]:

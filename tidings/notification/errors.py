@@ -51,3 +51,12 @@ class CodeError(PermanentSendError):
 
 class ChannelNotConfigured(PermanentSendError):
     """No channel is configured to send this kind of message."""
+
+
+class InAppRefused(PermanentSendError):
+    """This message may not go in-app: it carries a one-time code, and a feed keeps
+    what it shows for months on every device the user is signed in to. Send it by
+    email or SMS instead."""
+
+    fields: ClassVar[tuple[str, ...]] = ("message_type",)
+    message_type: str | None

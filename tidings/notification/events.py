@@ -20,6 +20,14 @@ RETRY_REQUESTED = "notification.retry.requested"
 SENT = "notification.sent"
 CANCELED = "notification.canceled"
 SETTLED = (SENT, CANCELED)
+# The feed's marks, appended on the user's behalf after an in-app send (the
+# rules: tidings.notification.lifecycle). They change the feed item, not the status.
+SEEN = "notification.seen"
+READ = "notification.read"
+UNREAD = "notification.unread"
+ARCHIVED = "notification.archived"
+UNARCHIVED = "notification.unarchived"
+MARKS = (SEEN, READ, UNREAD, ARCHIVED, UNARCHIVED)
 
 
 class CancelReason(StrEnum):
@@ -46,16 +54,44 @@ class RetryRequested(FrozenModel):
     due_at: datetime
 
 
+class InAppContent(FrozenModel):
+    """What an in-app notification shows, rendered once and kept on the log.
+
+    It travels in notification.sent, so the feed read model (tidings.feeds) can
+    be rebuilt from the log alone. It never holds a one-time code: message
+    types that carry one refuse the in-app channel.
+    """
+
+    user_id: str
+    message_type: str
+    lang: str
+    title: str
+    body: str
+    action_url: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class Sent(FrozenModel):
     channel: str
     provider_message_id: str
     attempt: int = Field(ge=1)
+    inapp: InAppContent | None = None  # only for the in-app channel: the feed item
+
+    def payload(self) -> dict[str, Any]:
+        """The event payload; `inapp` only when there is one (other sends look as before)."""
+        return self.model_dump(mode="json", exclude={"inapp"} if self.inapp is None else None)
 
 
 class Canceled(FrozenModel):
     reason: CancelReason
     error: str
     attempt: int = Field(ge=0)  # attempts made; 0 when canceled before the first
+
+
+class Mark(FrozenModel):
+    """Payload of every feed mark: the user it was appended for (the item's owner)."""
+
+    user_id: str = Field(min_length=1)
 
 
 class SourceSent(FrozenModel):

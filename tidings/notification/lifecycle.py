@@ -6,7 +6,9 @@ in the decider shape:
 - `evolve(state, event)`: the state after one more event of the notification's
   log, or `IllegalEvent` when that event may not follow (a notification starts
   with its request at sequence 1; nothing follows sent or canceled; attempts
-  are numbered 1, 2, 3, ...). `audit verify` folds the log with it (through
+  are numbered 1, 2, 3, ...; a feed mark follows only an in-app send, names
+  the item's user and changes the item, and leaves the status sent).
+  `audit verify` folds the log with it (through
   `step`, which also says what a reader continuing past a refused event sees);
   the pending queue's trigger (migration 0004) is checked against it by a
   property test.
@@ -21,7 +23,7 @@ payloads (tidings.notification.wire).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -32,12 +34,20 @@ from pydantic import BaseModel, ValidationError
 from tidings.errors import TidingsError
 from tidings.notification.backoff import Backoff
 from tidings.notification.events import (
+    ARCHIVED,
     CANCELED,
+    MARKS,
     PAYLOADS,
+    READ,
     RETRY_REQUESTED,
+    SEEN,
     SENT,
+    UNARCHIVED,
+    UNREAD,
     Canceled,
     CancelReason,
+    InAppContent,
+    Mark,
     RetryRequested,
     Sent,
 )
@@ -49,6 +59,7 @@ __all__ = [
     "Decision",
     "Delivered",
     "Due",
+    "Engagement",
     "Failed",
     "IllegalEvent",
     "LoggedEvent",
@@ -57,7 +68,9 @@ __all__ = [
     "Status",
     "Verdict",
     "decide",
+    "engage",
     "evolve",
+    "mark_refused",
     "step",
 ]
 
@@ -93,6 +106,15 @@ QUEUE_KIND: Mapping[Status, str] = {Status.REQUESTED: "request", Status.RETRYING
 CANCELED_AFTER_AN_ATTEMPT = frozenset({CancelReason.PERMANENT_ERROR, CancelReason.MAX_ATTEMPTS})
 
 
+@dataclass(frozen=True)
+class Engagement:
+    """Where an in-app notification's feed item stands (its marks folded)."""
+
+    seen: bool = False
+    read: bool = False
+    archived: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class NotificationState:
     """What the log says of one notification so far."""
@@ -107,6 +129,9 @@ class NotificationState:
     notify_user: NotifyUser | None = None  # the first attempt's snapshot (retries)
     last_error: str | None = None
     cancel_reason: CancelReason | None = None
+    sent_via: str | None = None  # the channel of its notification.sent
+    inapp_user: str | None = None  # sent in-app: whose feed item it is
+    engagement: Engagement = field(default_factory=Engagement)  # the item's marks
 
     @property
     def attempt(self) -> int:
@@ -197,6 +222,8 @@ def step(
             "starts-with-requested",
             f"{REQUESTED} again at sequence {event.sequence}; only sequence 1 requests",
         )
+    if event.event_type in MARKS:
+        return _marked(state, event, refuse), tuple(refusals)
     if state is not None and not state.status.is_open:
         again = "settled again by" if event.event_type in (SENT, CANCELED) else "followed by"
         refuse(
@@ -263,11 +290,75 @@ def step(
         )
     elif isinstance(payload, Sent):
         after = _settled(base, event, Status.SENT, attempts=payload.attempt)
+        inapp_user = payload.inapp.user_id if payload.inapp is not None else None
+        after = replace(after, sent_via=payload.channel, inapp_user=inapp_user)
     else:
         assert isinstance(payload, Canceled)
         after = _settled(base, event, Status.CANCELED, attempts=payload.attempt)
         after = replace(after, cancel_reason=payload.reason, last_error=payload.error)
     return after, tuple(refusals)
+
+
+def _marked(
+    state: NotificationState | None, event: LoggedEvent, refuse: Callable[[str, str], None]
+) -> NotificationState | None:
+    """A feed mark: it follows an in-app send, names the item's user, and changes the item.
+
+    The status stays sent; only the item's engagement moves.
+    """
+    try:
+        mark = Mark.model_validate(event.payload)
+    except ValidationError as exc:
+        refuse("unreadable-payload", f"{event.event_type} does not read as Mark: "
+               f"{describe_validation_error(exc)}")  # fmt: skip
+        return _moved(state, event)
+    settled = None if state is None or state.status.is_open else EVENT_OF_STATUS[state.status]
+    why = mark_refused(
+        settled_by=settled,
+        channel=state.sent_via if state is not None else None,
+        in_app=state is not None and state.inapp_user is not None,
+    )
+    if why is not None or state is None:
+        refuse("marks", f"{event.event_type} at sequence {event.sequence}: {why}")
+        return _moved(state, event)
+    if mark.user_id != state.inapp_user:
+        refuse(
+            "marks",
+            f"{event.event_type} is for user {mark.user_id}, the item is user {state.inapp_user}'s",
+        )
+    after = engage(state.engagement, event.event_type)
+    if after == state.engagement:
+        refuse(
+            "marks",
+            f"{event.event_type} at sequence {event.sequence} changes nothing "
+            "(a mark is appended once: reading twice appends one read)",
+        )
+    return replace(state, sequence=event.sequence, engagement=after)
+
+
+def mark_refused(*, settled_by: str | None, channel: str | None, in_app: bool) -> str | None:
+    """Why a feed mark may not follow (None: it may): only an in-app notification.sent."""
+    if settled_by != SENT:
+        state = settled_by or "not settled"
+        return f"a mark follows an in-app send only; the notification is {state}"
+    if not in_app:
+        return f"a mark follows an in-app send only; the notification was sent via {channel}"
+    return None
+
+
+def engage(engagement: Engagement, event_type: str) -> Engagement:
+    """The feed item after a mark (as the feed trigger folds it; other types change nothing)."""
+    if event_type == SEEN:
+        return replace(engagement, seen=True)
+    if event_type == READ:
+        return replace(engagement, seen=True, read=True)
+    if event_type == UNREAD:
+        return replace(engagement, read=False)
+    if event_type == ARCHIVED:
+        return replace(engagement, archived=True)
+    if event_type == UNARCHIVED:
+        return replace(engagement, archived=False)
+    return engagement
 
 
 def _moved(state: NotificationState | None, event: LoggedEvent) -> NotificationState | None:
@@ -334,6 +425,7 @@ class Delivered:
 
     channel: str
     provider_message_id: str
+    inapp: InAppContent | None = None  # the in-app channel's feed item, kept in notification.sent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -371,7 +463,12 @@ class Decision:
     @property
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         """The notification events to append: (event type, JSON payload)."""
-        return [(EVENT_TYPE_OF[type(p)], p.model_dump(mode="json")) for p in self.payloads]
+        return [(EVENT_TYPE_OF[type(p)], _payload(p)) for p in self.payloads]
+
+
+def _payload(model: RetryRequested | Sent | Canceled) -> dict[str, Any]:
+    # A sent event carries `inapp` only when there is one (other sends look as before).
+    return model.payload() if isinstance(model, Sent) else model.model_dump(mode="json")
 
 
 def decide(
@@ -393,6 +490,7 @@ def decide(
             channel=happened.channel,
             provider_message_id=happened.provider_message_id,
             attempt=state.attempt,
+            inapp=happened.inapp,
         )
         return Decision(verdict=Verdict.SENT, payloads=(sent,))
     return _failed(state, happened, now=now, policy=policy)

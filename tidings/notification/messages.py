@@ -21,7 +21,15 @@ MessageType = Literal[
 ]
 MESSAGE_TYPES: tuple[str, ...] = get_args(MessageType)
 
-Channel = Literal["email", "sms"]
+# Message types whose texts carry a one-time code (or a link holding one):
+# they never go in-app, where a feed keeps them for months and shows them on
+# every device the user is signed in to.
+CODE_MESSAGE_TYPES = frozenset({
+    "InitCode", "VerifyEmail", "PasswordReset", "VerifyPhone", "PasswordlessRegistration",
+    "InviteUser", "VerifySMSOTP", "VerifyEmailOTP",
+})  # fmt: skip
+
+Channel = Literal["email", "sms", "inapp"]
 
 MESSAGE_TYPE_PATTERN = r"^[A-Z][A-Za-z0-9]{0,63}$"
 MessageTypeName = Annotated[str, StringConstraints(pattern=MESSAGE_TYPE_PATTERN)]

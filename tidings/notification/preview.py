@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from tidings.config import Settings
 from tidings.notification.channels.base import EmailContent
+from tidings.notification.events import InAppContent
 from tidings.notification.messages import MESSAGE_TYPES, Channel, MessageType
 from tidings.notification.requests import NotifyUser, Request, SourceRef
 from tidings.notification.setup import build_composer
@@ -75,6 +76,9 @@ def render_preview(
         notification_id="preview", instance_id=instance_id, attempt=1, request=request, user=user
     )
     content = message.content
+    if isinstance(content, InAppContent):  # not offered by `tidings preview` yet
+        text = f"{content.title}\n\n{content.body}\n{content.action_url}".rstrip()
+        return Preview(summary=text, text=text, html=None, eml=None)
     if not isinstance(content, EmailContent):
         return Preview(summary=content.text, text=content.text, html=None, eml=None)
     mail = EmailMessage()

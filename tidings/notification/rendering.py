@@ -1,7 +1,8 @@
 """Message texts and layouts, rendered in a sandbox, overridable per instance.
 
 Texts live in YAML files (`texts.<lang>.yaml`, one entry per message type with
-title, pre_header, subject, greeting, body, button_text, footer and sms), the
+title, pre_header, subject, greeting, body, button_text, footer and sms, and
+inapp_title and inapp_body for the types that may go in-app), the
 email layout in `layout.html` and `layout.txt`. The built-in ones ship with
 tidings; an operator's `templates.dir` may override any of them, for every
 instance in `<dir>/_default/` and for one in `<dir>/<instance id>/`.
@@ -33,9 +34,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tidings.notification.errors import RenderError
 from tidings.notification.messages import MESSAGE_TYPES, is_message_type_name
 
-TEXT_FIELDS = (
+MESSAGE_FIELDS = (
     "title", "pre_header", "subject", "greeting", "body", "button_text", "footer", "sms",
 )  # fmt: skip
+INAPP_FIELDS = ("inapp_title", "inapp_body")  # what an in-app feed item shows
+TEXT_FIELDS = (*MESSAGE_FIELDS, *INAPP_FIELDS)
 DEFAULT_SCOPE = "_default"
 # What an instance id may be to have an override folder: letters, digits, and
 # . _ - (not first); at most 200 characters (docs/operations.md, templates).
@@ -278,16 +281,18 @@ class Renderer:
         lang: str,
         message_type: str,
         variables: Mapping[str, Any],
+        fields: tuple[str, ...] = MESSAGE_FIELDS,
         only: Collection[str] | None = None,
     ) -> dict[str, str]:
-        """Every text field of the message (or those in `only`), rendered.
+        """The message's text `fields` (by default those of email and SMS), rendered.
 
-        All fields must exist whichever are rendered: a text missing for one
-        channel is an error for every channel.
+        All `fields` must exist, though only those in `only` are rendered: a
+        text missing for one channel of email and SMS is an error for both.
         """
-        sources = self.catalog.texts(instance_id, lang, message_type)
-        missing = [f for f in TEXT_FIELDS if f not in sources]
-        if sources and missing and message_type not in MESSAGE_TYPES:
+        found = self.catalog.texts(instance_id, lang, message_type)
+        sources = {name: found[name] for name in fields if name in found}
+        missing = [f for f in fields if f not in sources]
+        if found and missing and message_type not in MESSAGE_TYPES:
             # A custom type (ExportReady) needs only the texts its channel shows.
             empty = Source("", f"texts.{lang}.yaml", 1)
             sources = {**{f: empty for f in missing}, **sources}

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tidings.config.durations import format_duration
 from tidings.eventstore import EventQuery, EventStore, StoredEvent
-from tidings.notification.events import Canceled, RetryRequested, Sent, parse_payload
+from tidings.notification.events import MARKS, Canceled, RetryRequested, Sent, parse_payload
 from tidings.notification.requests import NOTIFICATION_AGGREGATE, NotificationRequested
 
 
@@ -37,6 +37,9 @@ async def history(store: EventStore, notification_id: str) -> list[Step]:
 
 def describe(event: StoredEvent) -> str:
     """One line for a notification event; codes and secrets are not in payloads."""
+    if event.event_type in MARKS:
+        change = event.event_type.removeprefix("notification.")
+        return f"{change} in the feed of user {event.payload.get('user_id', '?')}"
     try:
         payload = parse_payload(event.event_type, event.payload)
     except (KeyError, ValidationError):
@@ -62,9 +65,10 @@ def describe(event: StoredEvent) -> str:
             f"{format_duration(payload.backoff)}, due {payload.due_at.isoformat(' ', 'seconds')}"
         )
     if isinstance(payload, Sent):
+        item = f": {payload.inapp.title!r}" if payload.inapp else ""
         return (
             f"sent on attempt {payload.attempt} via {payload.channel} "
-            f"(provider id {payload.provider_message_id})"
+            f"(provider id {payload.provider_message_id}){item}"
         )
     if isinstance(payload, Canceled):
         return f"canceled ({payload.reason}) after {payload.attempt} attempt(s): {payload.error}"

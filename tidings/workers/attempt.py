@@ -30,7 +30,7 @@ from tidings.notification.channels.base import OutgoingMessage
 from tidings.notification.channels.registry import ChannelRegistry
 from tidings.notification.compose import MessageComposer
 from tidings.notification.errors import SendError, TransientSendError
-from tidings.notification.events import SENT, Sent, SourceSent
+from tidings.notification.events import SENT, InAppContent, Sent, SourceSent
 from tidings.notification.lifecycle import (
     Decision,
     Delivered,
@@ -282,7 +282,10 @@ class AttemptRunner:
                     f"the {channel_name} channel did not answer within {self._send_timeout():g}s"
                 )
                 return self._decide_now(state, Failed(error=error, user=user)), channel_name
-            delivered = Delivered(channel=channel_name, provider_message_id=provider_id)
+            inapp = message.content if isinstance(message.content, InAppContent) else None
+            delivered = Delivered(
+                channel=channel_name, provider_message_id=provider_id, inapp=inapp
+            )
             return self._decide_now(state, delivered), channel_name
 
     def _send_timeout(self) -> float:
@@ -472,12 +475,26 @@ def notification_event(claimed: Claimed, event_type: str, payload: dict[str, obj
 
 
 def sent_events(
-    claimed: Claimed, request: Request, channel: str, provider_message_id: str
+    claimed: Claimed,
+    request: Request,
+    channel: str,
+    provider_message_id: str,
+    *,
+    inapp: InAppContent | None = None,
 ) -> list[NewEvent]:
     """What a sent attempt appends: notification.sent and the source aggregate's sent event
-    (a direct request, with no source, only the first)."""
-    sent = Sent(channel=channel, provider_message_id=provider_message_id, attempt=claimed.attempt)
-    recorded = notification_event(claimed, SENT, sent.model_dump(mode="json"))
+    (a direct request, with no source, only the first).
+
+    An in-app message's rendered item goes into notification.sent: the feed
+    read model shows it in the same transaction, and the log can rebuild it.
+    """
+    sent = Sent(
+        channel=channel,
+        provider_message_id=provider_message_id,
+        attempt=claimed.attempt,
+        inapp=inapp,
+    )
+    recorded = notification_event(claimed, SENT, sent.payload())
     source_sent = source_sent_event(claimed, request, channel)
     return [recorded] if source_sent is None else [recorded, source_sent]
 

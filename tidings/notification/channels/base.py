@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tidings.config.masking import mask_secrets
+from tidings.notification.errors import PermanentSendError
+from tidings.notification.events import InAppContent
 from tidings.notification.messages import Channel as ChannelKind
 
 
@@ -39,7 +41,7 @@ class OutgoingMessage:
     instance_id: str
     attempt: int
     message_type: str
-    content: EmailContent | SMSContent
+    content: EmailContent | SMSContent | InAppContent
     metadata: dict[str, str] = field(default_factory=dict)
     # The one-time code as it may appear in the content (plain and URL-encoded):
     # what scrub() masks out of a provider's error before it reaches the log.
@@ -47,6 +49,8 @@ class OutgoingMessage:
 
     @property
     def kind(self) -> ChannelKind:
+        if isinstance(self.content, InAppContent):
+            return "inapp"
         return "email" if isinstance(self.content, EmailContent) else "sms"
 
     @property
@@ -84,3 +88,15 @@ class Channel(Protocol):
     async def close(self) -> None:
         """Release connections; the channel is not used afterwards."""
         ...
+
+
+def email_or_sms(message: OutgoingMessage, channel: str) -> EmailContent | SMSContent:
+    """The content of a message for a channel that sends email or SMS (never in-app)."""
+    content = message.content
+    if isinstance(content, InAppContent):
+        raise PermanentSendError(
+            f"the {channel} channel cannot deliver {message.describe()}: in-app messages go "
+            "to the feed (channel inapp)",
+            channel=channel,
+        )
+    return content

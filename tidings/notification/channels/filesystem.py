@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from pathlib import Path
 
-from tidings.notification.channels.base import EmailContent, OutgoingMessage
+from tidings.notification.channels.base import EmailContent, OutgoingMessage, email_or_sms
 from tidings.notification.errors import PermanentSendError, TransientSendError
 
 
@@ -27,9 +27,10 @@ class FilesystemChannel:
 
     async def send(self, message: OutgoingMessage) -> str:
         folder = self.outbox / _safe(message.instance_id)
-        if isinstance(message.content, EmailContent):
+        content = email_or_sms(message, self.name)
+        if isinstance(content, EmailContent):
             name = f"{message.idempotency_key}.eml"
-            data = self._eml(message, message.content)
+            data = self._eml(message, content)
         else:
             name = f"{message.idempotency_key}.json"
             data = json.dumps(
@@ -38,8 +39,8 @@ class FilesystemChannel:
                     "instance_id": message.instance_id,
                     "attempt": message.attempt,
                     "message_type": message.message_type,
-                    "to": message.content.to_number,
-                    "text": message.content.text,
+                    "to": content.to_number,
+                    "text": content.text,
                 },
                 ensure_ascii=False,
                 indent=2,

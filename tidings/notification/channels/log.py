@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tidings.notification.channels.base import EmailContent, OutgoingMessage
+from tidings.notification.channels.base import EmailContent, OutgoingMessage, email_or_sms
 
 log = logging.getLogger("tidings.channels.log")
 
@@ -13,7 +13,7 @@ class LogChannel:
     name = "log"
 
     async def send(self, message: OutgoingMessage) -> str:
-        content = message.content
+        content = email_or_sms(message, self.name)
         if isinstance(content, EmailContent):
             to = _mask_address(content.to_address)
         else:

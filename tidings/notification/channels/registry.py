@@ -18,6 +18,8 @@ class ChannelRegistry:
         self._built: dict[str, Channel] = {}
 
     def name_for(self, instance_id: str, kind: ChannelKind) -> str:
+        if kind == "inapp":  # the feed is the only way in-app
+            return "inapp"
         email, sms = self._settings.for_instance(instance_id)
         return email if kind == "email" else sms
 
@@ -35,6 +37,10 @@ class ChannelRegistry:
             return FilesystemChannel(outbox=settings.filesystem.outbox(self._data_folder))
         if name == "log":
             return LogChannel()
+        if name == "inapp":
+            from tidings.notification.channels.inapp import InAppChannel
+
+            return InAppChannel()
         if name == "smtp":
             from tidings.notification.channels.smtp import SMTPChannel
 

@@ -25,7 +25,7 @@ import httpx
 
 from tidings.clock import Clock, utc_now
 from tidings.config import WebhookChannelSettings
-from tidings.notification.channels.base import EmailContent, OutgoingMessage
+from tidings.notification.channels.base import EmailContent, OutgoingMessage, email_or_sms
 from tidings.notification.channels.http import send_failure
 from tidings.notification.errors import ChannelNotConfigured
 
@@ -111,7 +111,7 @@ class WebhookChannel:
 
 def webhook_payload(message: OutgoingMessage) -> dict[str, Any]:
     """The JSON document sent for one message (it holds the content, codes included)."""
-    content = message.content
+    content = email_or_sms(message, CHANNEL)
     common = {
         "type": message.kind,
         "notification_id": message.notification_id,
@@ -175,7 +175,7 @@ def _split_url(url: str) -> tuple[str, tuple[str, str] | None]:
 
 def _content_secrets(message: OutgoingMessage) -> Iterator[str]:
     """The content strings, raw and JSON-escaped, to mask if a receiver echoes them."""
-    content = message.content
+    content = email_or_sms(message, CHANNEL)
     texts = (
         (content.subject, content.html, content.text)
         if isinstance(content, EmailContent)

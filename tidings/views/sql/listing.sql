@@ -93,11 +93,15 @@ page AS (
      AND req.aggregate_id = c.aggregate_id
      AND req.sequence = 1
     CROSS JOIN LATERAL (
+        -- The feed's marks (seen, read, ...) after an in-app send change no state.
         SELECT e.event_type, e.sequence, e.created_at, e.payload
         FROM tidings.events e
         WHERE e.instance_id = c.instance_id
           AND e.aggregate_type = 'notification'
           AND e.aggregate_id = c.aggregate_id
+          AND e.event_type NOT IN ('notification.seen', 'notification.read',
+                                   'notification.unread', 'notification.archived',
+                                   'notification.unarchived')
         ORDER BY e.sequence DESC
         LIMIT 1
     ) latest

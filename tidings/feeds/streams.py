@@ -1,0 +1,92 @@
+"""The three transports over one subscription, with no web framework in them.
+
+`tidings serve` wraps these in its routes: `sse_stream` is the body of
+GET /v1/me/stream (text/event-stream), `long_poll` answers GET /v1/me/poll,
+and a WebSocket sends each StreamEvent.to_json() as it comes. The cursor is
+the log position everywhere: SSE's `id:`, the WebSocket message's `id`, the
+long-poll's `after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator
+
+from tidings.feeds.hub import FeedHub, StreamClosed, StreamEvent, Subscription
+
+RETRY_MS = 2000  # how long a browser waits before it reconnects an event stream
+
+
+def parse_after(last_event_id: str | None, after: str | None) -> int | None:
+    """Where a stream resumes: Last-Event-ID wins over ?after=; None: from now on.
+
+    Raises ValueError for something that is not a position.
+    """
+    for value in (last_event_id, after):
+        if value is not None and value.strip() != "":
+            text = value.strip()
+            if not text.isdigit() or len(text) > 19:
+                raise ValueError(f"not a stream position: {text[:40]!r}")
+            return int(text)
+    return None
+
+
+async def sse_stream(sub: Subscription, *, heartbeat: float) -> AsyncGenerator[str]:
+    """The SSE body of one connection: events, a comment every `heartbeat` seconds of quiet.
+
+    A stream the hub closes (too slow, shutting down) ends with `event: closed`
+    saying why and where to resume; the browser reconnects with Last-Event-ID.
+    The subscription is released when the body ends or the client goes away.
+    """
+    try:
+        yield f"retry: {RETRY_MS}\n: connected\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(anext(sub), heartbeat)
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+                continue
+            except StreamClosed as closed:
+                data = json.dumps({"reason": closed.reason, "resume_after": closed.resume_after,
+                                   "detail": str(closed)})  # fmt: skip
+                yield f"event: closed\ndata: {data}\n\n"
+                return
+            yield event.sse()
+    finally:
+        await sub.close()
+
+
+async def long_poll(
+    hub: FeedHub,
+    instance_id: str,
+    user_id: str,
+    *,
+    after: int | None,
+    wait: float,
+    limit: int = 100,
+    linger: float = 0.05,
+) -> list[StreamEvent]:
+    """The user's events after `after`: at once when there are some, else the first
+    ones to arrive within `wait` seconds, else none (the route answers 204).
+
+    After the first event, whatever follows within `linger` seconds comes along
+    (a send's message and counts together). A slow or closed stream ends the
+    poll with what it has; the next poll resumes after the last one returned.
+    """
+    sub = await hub.subscribe(instance_id, user_id, after=after)
+    got: list[StreamEvent] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        while len(got) < limit:
+            timeout = linger if got else deadline - loop.time()
+            if timeout <= 0:
+                break
+            try:
+                got.append(await asyncio.wait_for(anext(sub), timeout))
+            except (TimeoutError, StreamClosed):
+                break
+    finally:
+        await sub.close()
+    return got
