@@ -411,12 +411,8 @@ def _state_of(claimed: Claimed) -> tuple[NotificationState, str | None]:
         request_error = None
     except ValidationError as exc:
         request, request_error = None, _first_error(exc)
-    return NotificationState(
-        status=Status.RETRYING if claimed.kind == "retry" else Status.REQUESTED,
-        sequence=claimed.sequence,
-        attempts=claimed.attempts,
-        requested_at=claimed.requested_at,
-        due_at=claimed.due_at,
+    return _unreadable_state(
+        claimed,
         backoff=parse_duration(claimed.backoff) if claimed.backoff else None,
         request=request,
         notify_user=(
@@ -426,13 +422,15 @@ def _state_of(claimed: Claimed) -> tuple[NotificationState, str | None]:
     ), request_error
 
 
-def _unreadable_state(claimed: Claimed) -> NotificationState:
+def _unreadable_state(claimed: Claimed, **read: Any) -> NotificationState:
+    """The state the queue row gives; `read` adds what could be read of its payloads."""
     return NotificationState(
         status=Status.RETRYING if claimed.kind == "retry" else Status.REQUESTED,
         sequence=claimed.sequence,
         attempts=claimed.attempts,
         requested_at=claimed.requested_at,
         due_at=claimed.due_at,
+        **read,
     )
 
 
