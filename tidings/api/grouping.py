@@ -11,7 +11,11 @@ once); a busy one commits many requests per fsync.
 
 Each request stays all or nothing: a conflict (an expected sequence that does
 not hold) is attributed to its request by the event index the store reports;
-that request alone fails, and the others are appended again without it. Any
+that request alone fails, and the others are appended again without it. A
+conflict with an earlier request of the same transaction (two requests for
+one new aggregate, e.g. the same Idempotency-Key at once) is no conflict yet:
+that request waits until the others are committed and is then appended on its
+own, so it fails against what was committed and can see it. Any
 other failure of a joined transaction is retried one request at a time, so
 one bad request cannot fail the others.
 """
@@ -77,6 +81,7 @@ class GroupAppender:
                         item.done.set_exception(exc)
 
     async def _commit(self, group: list[_Pending]) -> None:
+        deferred: list[_Pending] = []  # conflicting with another request of the group
         while group:
             events = [e for item in group for e in item.events]
             try:
@@ -84,24 +89,28 @@ class GroupAppender:
             except ConcurrencyError as exc:
                 culprit = _owner(group, exc.index)
                 if culprit is None:
-                    await self._one_by_one(group)
+                    await self._one_by_one(group + deferred)
                     return
                 item, offset = culprit
-                item.done.set_exception(_for_item(exc, offset))
+                if exc.index is not None and _conflicts_within(events, exc.index):
+                    deferred.append(item)  # the other one is not committed: see it first
+                else:
+                    item.done.set_exception(_for_item(exc, offset))
                 group = [g for g in group if g is not item]
                 continue
             except DatabaseUnavailable:
                 raise
             except Exception:
-                if len(group) == 1:
+                if len(group) == 1 and not deferred:
                     raise
-                await self._one_by_one(group)
+                await self._one_by_one(group + deferred)
                 return
             at = 0
             for item in group:
                 item.done.set_result(stored[at : at + len(item.events)])
                 at += len(item.events)
-            return
+            break
+        await self._one_by_one(deferred)
 
     async def _one_by_one(self, group: list[_Pending]) -> None:
         for item in group:
@@ -126,6 +135,13 @@ def _owner(group: list[_Pending], index: int | None) -> tuple[_Pending, int] | N
             return item, at
         at += len(item.events)
     return None
+
+
+def _conflicts_within(events: list[NewEvent], index: int) -> bool:
+    """Whether the event at `index` is for an aggregate an earlier event of the batch is for."""
+    event = events[index]
+    key = (event.instance_id, event.aggregate_type, event.aggregate_id)
+    return any((e.instance_id, e.aggregate_type, e.aggregate_id) == key for e in events[:index])
 
 
 def _for_item(exc: ConcurrencyError, offset: int) -> ConcurrencyError:
