@@ -6,6 +6,7 @@ keys are created the way `tidings apikeys create` creates them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 
 from tests.worker_helpers import CRYPTO
-from tidings.api import ApiKeys, ApiState, Operations, create_app, serving
+from tidings.api import ApiKeys, ApiState, Operations, create_app, running_feeds, serving
 from tidings.client import AsyncClient
 from tidings.config import (
     APISettings,
@@ -26,6 +27,7 @@ from tidings.config import (
     TemplateSettings,
 )
 from tidings.eventstore import Database, EventQuery, StoredEvent
+from tidings.feeds.runtime import FeedRuntime
 from tidings.metrics import Metrics
 from tidings.projections import Projector, default_projections
 
@@ -61,6 +63,7 @@ class RunningAPI:
     db: Database
     settings: Settings
     state: ApiState
+    feeds: FeedRuntime
 
     async def key(self, instance_id: str = "acme", *scopes: str, name: str = "") -> str:
         key, _ = await ApiKeys(db=self.db).create(
@@ -94,8 +97,17 @@ async def running_api(db: Database, settings: Settings) -> AsyncIterator[Running
         db=db, metrics=Metrics(), projector=projector, ready_max_projector_lag=timedelta(0)
     )
     state = ApiState.from_settings(db=db, settings=settings)
-    app = create_app(api=state, operations=operations)
-    async with serving(
-        app, host="127.0.0.1", port=0, settings=settings.api, setting="api.addr", what="the API"
-    ) as (host, port):
-        yield RunningAPI(f"http://{host}:{port}", db, settings, state)
+    feeds = FeedRuntime(db=db, settings=settings)
+    app = create_app(api=state, operations=operations, feeds=feeds)
+    stop = asyncio.Event()  # as `tidings serve`: the streams end before the drain
+    async with (
+        running_feeds(feeds, stop),
+        serving(
+            app, host="127.0.0.1", port=0, settings=settings.api, setting="api.addr",
+            what="the API", stop=stop,
+        ) as (host, port),
+    ):  # fmt: skip
+        try:
+            yield RunningAPI(f"http://{host}:{port}", db, settings, state, feeds)
+        finally:
+            stop.set()

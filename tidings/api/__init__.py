@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings.api.app import create_app, create_operations_app, openapi_document
+from tidings.api.app import create_app, create_operations_app, openapi_document, running_feeds
 from tidings.api.health import Operations, Readiness
 from tidings.api.keys import SCOPES, ApiKeyError, ApiKeys, Principal
 from tidings.api.server import AddressError, serving
@@ -20,5 +20,6 @@ __all__ = [
     "create_app",
     "create_operations_app",
     "openapi_document",
+    "running_feeds",
     "serving",
 ]

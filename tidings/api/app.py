@@ -4,24 +4,35 @@ run --metrics-addr`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from tidings import __version__
-from tidings.api import events, notifications
+from tidings.api import events, me, notifications
 from tidings.api.health import Operations, operations_router
 from tidings.api.limits import BodyLimits
 from tidings.api.problems import install_problem_handlers, problems_only_as_problem_json
 from tidings.api.state import ApiState
+from tidings.feeds.runtime import FeedRuntime
+
+log = logging.getLogger("tidings.api")
 
 DESCRIPTION = """\
 Producers append user and session events and request notifications; operators
 read them. Everything under `/v1/` needs `Authorization: Bearer <key>`, a key of
-one instance (`tidings apikeys create --instance ID`). `/metrics`, `/healthz`,
-`/readyz`, `/openapi.json` and `/docs` need none: restrict them at the network
-level. Errors are `application/problem+json`. See docs/api.md.
+one instance (`tidings apikeys create --instance ID`), except `/v1/me/`: the
+end user's own feed, which takes the end user's token (a JWT or a tidings-hmac
+token, as `Authorization: Bearer` or `?token=`; see docs/feeds.md). `/metrics`,
+`/healthz`, `/readyz`, `/openapi.json`, `/docs` and `/inbox` need none: restrict
+the operations endpoints at the network level. Errors are
+`application/problem+json`. See docs/api.md.
 """
 
 
@@ -38,6 +49,7 @@ def _api_app() -> FastAPI:
     install_problem_handlers(app, endpoints="see /docs for the API, or /metrics, /healthz, /readyz")
     app.include_router(events.router)
     app.include_router(notifications.router)
+    app.include_router(me.router)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -49,15 +61,44 @@ def _api_app() -> FastAPI:
     return app
 
 
-def create_app(*, api: ApiState, operations: Operations) -> ASGIApp:
-    """The whole API: /v1/ routes, operations endpoints, OpenAPI and docs."""
+def create_app(*, api: ApiState, operations: Operations, feeds: FeedRuntime) -> ASGIApp:
+    """The whole API: /v1/ routes, operations endpoints, OpenAPI and docs.
+
+    `feeds` serves /v1/me/ and /inbox; it must run (`running_feeds`) while the
+    app serves.
+    """
     app = _api_app()
     app.state.api = api
+    app.state.feeds = feeds
     app.include_router(operations_router(operations))
     limits = api.settings.api
     return BodyLimits(
         app, max_body=limits.max_body, body_timeout=limits.body_timeout.total_seconds()
     )
+
+
+@asynccontextmanager
+async def running_feeds(feeds: FeedRuntime, stop: asyncio.Event) -> AsyncIterator[None]:
+    """The feeds' hub and retention for the block (or until `stop`), then closed.
+
+    Setting `stop` also ends the open streams (`event: closed`, "shutting
+    down"), so the web server's drain does not wait on them.
+    """
+    running = asyncio.create_task(feeds.run(stop), name="feeds")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await running
+        except Exception:
+            log.exception(
+                "the feeds' hub failed; streams ended, clients resume from their cursor "
+                "when the server is back: check the database connection"
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await feeds.close()
 
 
 def create_operations_app(operations: Operations) -> ASGIApp:

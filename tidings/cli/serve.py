@@ -7,7 +7,8 @@ import getpass
 import json
 import logging
 import sys
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import click
 
@@ -17,6 +18,7 @@ from tidings.api import (
     ApiState,
     create_app,
     openapi_document,
+    running_feeds,
     serving,
 )
 from tidings.cli.base import (
@@ -33,6 +35,7 @@ from tidings.cli.base import (
 from tidings.config import Settings
 from tidings.config.settings import parse_address
 from tidings.eventstore import Database, open_database
+from tidings.feeds.runtime import FeedRuntime
 from tidings.metrics import Metrics
 from tidings.projections import Projector
 
@@ -81,29 +84,41 @@ def serve_command(ctx: click.Context, addr: str | None, print_openapi: bool) -> 
     run(go(), fast_loop=True)
 
 
-def serve_api(
+@asynccontextmanager
+async def serve_api(
     db: Database,
     settings: Settings,
     projector: Projector,
     stop: asyncio.Event,
     address: tuple[str, int],
     metrics: Metrics | None = None,
-) -> AbstractAsyncContextManager[tuple[str, int]]:
-    """The API on `address` for the block (`tidings serve`, `tidings run --serve`)."""
+) -> AsyncIterator[tuple[str, int]]:
+    """The API on `address` for the block (`tidings serve`, `tidings run --serve`).
+
+    The feeds' hub runs beside it; `stop` ends both (the open streams first,
+    so the drain does not wait on them).
+    """
     # A lagging projector delays messages, not requests: the API stays ready.
     operations = make_operations(
         db, settings, metrics or Metrics(), projector, stop, check_lag=False
     )
-    app = create_app(api=ApiState.from_settings(db=db, settings=settings), operations=operations)
-    return serving(
-        app,
-        host=address[0],
-        port=address[1],
-        settings=settings.api,
-        stop=stop,
-        setting=ADDR_SETTING,
-        what="the API",
+    feeds = FeedRuntime(db=db, settings=settings)
+    app = create_app(
+        api=ApiState.from_settings(db=db, settings=settings), operations=operations, feeds=feeds
     )
+    async with (
+        running_feeds(feeds, stop),
+        serving(
+            app,
+            host=address[0],
+            port=address[1],
+            settings=settings.api,
+            stop=stop,
+            setting=ADDR_SETTING,
+            what="the API",
+        ) as bound,
+    ):
+        yield bound
 
 
 @main.group("apikeys")

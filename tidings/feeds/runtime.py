@@ -30,6 +30,7 @@ class FeedRuntime:
         )
         self.auth = EndUserAuth(settings=settings.end_users)
         self._db = db
+        self.store = db.store
         self._clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -1,0 +1,226 @@
+"""The end user's feed on `tidings serve` (/v1/me/...), through a real uvicorn on 127.0.0.1.
+
+Items exist because in-app notifications went through the real worker pool
+(tests.feed_helpers.send_inapp); users sign in with their own tokens.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+
+from tests.api_helpers import RunningAPI, api_settings, running_api
+from tests.feed_helpers import send_inapp
+from tidings.config import EndUserInstanceSettings, EndUserSettings, Settings
+from tidings.eventstore import Database
+from tidings.feeds.end_users import hmac_token
+
+HMAC_SECRET = "an-hmac-secret-of-thirty-two-bytes!!"
+JWT_SECRET = "a-shared-secret-of-thirty-two-bytes!"
+PROBLEM = "application/problem+json"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def feed_settings(tmp_path: Path) -> Settings:
+    settings = api_settings(tmp_path)
+    end_users = EndUserSettings(
+        hmac_secret=SecretStr(HMAC_SECRET),
+        jwt_secret=SecretStr(JWT_SECRET),
+        instances={
+            # Its keys are published at an address where nothing answers.
+            "initech": EndUserInstanceSettings(
+                jwks_url=f"http://127.0.0.1:{closed_port()}/.well-known/jwks.json"
+            ),
+        },
+    )
+    return settings.model_copy(update={"end_users": end_users})
+
+
+def token(user_id: str = "user-ada", instance_id: str = "acme") -> str:
+    return hmac_token(HMAC_SECRET, instance_id, user_id)
+
+
+def as_user(api: RunningAPI, user_id: str = "user-ada", instance_id: str = "acme") -> Any:
+    return httpx.AsyncClient(
+        base_url=api.base,
+        headers={"Authorization": f"Bearer {token(user_id, instance_id)}"},
+        timeout=10,
+    )
+
+
+@pytest.fixture
+async def api(db: Database, tmp_path: Path) -> AsyncIterator[RunningAPI]:
+    async with running_api(db, feed_settings(tmp_path)) as running:
+        yield running
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+async def test_the_feed_pages_newest_first_and_the_counts_match(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-1", "n-2", "n-3"])
+    async with as_user(api) as ada:
+        first = (await ada.get("/v1/me/feed", params={"limit": 2})).json()
+        assert [i["id"] for i in first["items"]] == ["n-3", "n-2"]
+        assert first["items"][0]["title"] == "Your username changed"
+        assert first["items"][0]["read"] is False and first["items"][0]["seen"] is False
+        assert first["next_cursor"] is not None and first["stream_after"] > 0
+        second = (
+            await ada.get("/v1/me/feed", params={"limit": 2, "cursor": first["next_cursor"]})
+        ).json()
+        assert [i["id"] for i in second["items"]] == ["n-1"] and second["next_cursor"] is None
+        assert (await ada.get("/v1/me/feed/counts")).json() == {
+            "total": 3, "unread": 3, "unseen": 3,
+        }  # fmt: skip
+        assert "cursor" in problem(await ada.get("/v1/me/feed?cursor=abc"), 400)["detail"]
+        bad = problem(await ada.get("/v1/me/feed?filter=starred"), 422)
+        assert bad["errors"][0]["field"] == "filter"
+        problem(await ada.get("/v1/me/feed?limit=101"), 422)
+
+
+async def test_each_mark_moves_the_item_and_the_counts_and_twice_changes_nothing(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-1", "n-2"])
+    async with as_user(api) as ada:
+
+        async def post(path: str) -> dict[str, Any]:
+            response = await ada.post(path)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        seen = await post("/v1/me/feed/n-1/seen")
+        assert seen["changed"] and seen["item"]["seen"] and not seen["item"]["read"]
+        assert seen["counts"] == {"total": 2, "unread": 2, "unseen": 1}
+        read = await post("/v1/me/feed/n-1/read")
+        assert read["changed"] and read["item"]["read"] and read["position"] > seen["position"]
+        assert read["counts"] == {"total": 2, "unread": 1, "unseen": 1}
+        again = await post("/v1/me/feed/n-1/read")
+        assert not again["changed"] and again["position"] is None
+        assert again["counts"] == read["counts"]
+        unread = await post("/v1/me/feed/n-1/unread")
+        assert unread["changed"] and not unread["item"]["read"]
+        assert unread["counts"]["unread"] == 2
+
+        archived = await post("/v1/me/feed/n-2/archive")
+        assert archived["item"]["archived"] and archived["counts"]["total"] == 1
+        listed = (await ada.get("/v1/me/feed", params={"filter": "archived"})).json()
+        assert [i["id"] for i in listed["items"]] == ["n-2"]
+        back = await post("/v1/me/feed/n-2/unarchive")
+        assert not back["item"]["archived"] and back["counts"]["total"] == 2
+        listed = (await ada.get("/v1/me/feed", params={"filter": "archived"})).json()
+        assert listed["items"] == []
+        problem(await ada.post("/v1/me/feed/n-1/star"), 404)  # no such mark
+    events = await api.events(aggregate_ids=("n-1",))
+    assert [e.event_type for e in events][2:] == [
+        "notification.seen", "notification.read", "notification.unread",
+    ]  # fmt: skip
+    assert {e.creator for e in events[2:]} == {"end-user:user-ada"}
+
+
+async def test_read_all_reads_every_unread_item_once(api: RunningAPI, db: Database) -> None:
+    await send_inapp(db, ["n-1", "n-2", "n-3"])
+    async with as_user(api) as ada:
+        assert (await ada.post("/v1/me/feed/n-2/read")).status_code == 200
+        first = await ada.post("/v1/me/feed/read-all")
+        assert first.status_code == 200
+        assert first.json() == {"read": 2, "counts": {"total": 3, "unread": 0, "unseen": 0}}
+        assert (await ada.post("/v1/me/feed/read-all")).json()["read"] == 0
+        page = (await ada.get("/v1/me/feed")).json()
+        assert all(item["read"] for item in page["items"])
+    assert await api.count(event_types=("notification.read",)) == 3
+
+
+async def test_no_token_or_a_bad_one_is_401_and_keys_out_of_reach_503(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-1"])
+    async with api.http() as anonymous:
+        missing = await anonymous.get("/v1/me/feed")
+        assert "no token" in problem(missing, 401)["detail"]
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        forged = token().rsplit(".", 1)[0] + "." + "0" * 64
+        problem(await anonymous.get("/v1/me/feed/counts", params={"token": forged}), 401)
+        problem(await anonymous.post("/v1/me/feed/read-all", params={"token": "junk"}), 401)
+        api_key = await api.key("acme")  # an API key is not an end user's token
+        problem(
+            await anonymous.get("/v1/me/feed", headers={"Authorization": f"Bearer {api_key}"}),
+            401,
+        )
+        expired = jwt.encode(
+            {"sub": "user-ada", "instance": "acme", "exp": int(time.time()) - 3600},
+            JWT_SECRET, algorithm="HS256",
+        )  # fmt: skip
+        assert (
+            "expired"
+            in problem(await anonymous.get("/v1/me/feed", params={"token": expired}), 401)["detail"]
+        )
+
+        # ?token= where a header cannot be set, and an HS256 JWT: both sign ada in.
+        by_query = await anonymous.get("/v1/me/feed/counts", params={"token": token()})
+        assert by_query.json()["total"] == 1
+        fresh = jwt.encode(
+            {"sub": "user-ada", "instance": "acme", "exp": int(time.time()) + 300},
+            JWT_SECRET, algorithm="HS256",
+        )  # fmt: skip
+        by_jwt = await anonymous.get("/v1/me/feed", headers={"Authorization": f"Bearer {fresh}"})
+        assert [i["id"] for i in by_jwt.json()["items"]] == ["n-1"]
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        signed = jwt.encode(
+            {"sub": "user-ada", "instance": "initech", "exp": int(time.time()) + 300},
+            key, algorithm="RS256", headers={"kid": "k1"},
+        )  # fmt: skip
+        down = await anonymous.get("/v1/me/feed", headers={"Authorization": f"Bearer {signed}"})
+        problem(down, 503)
+        assert down.headers["retry-after"]
+    assert await api.count(event_types=("notification.read",)) == 0
+
+
+async def test_a_user_never_sees_or_marks_another_users_or_instances_items(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-ada"], user_id="user-ada")
+    await send_inapp(db, ["n-bob"], user_id="user-bob")
+    await send_inapp(db, ["n-ada-globex"], user_id="user-ada", instance_id="globex")
+    async with (
+        as_user(api) as ada,
+        as_user(api, "user-bob") as bob,
+        as_user(api, "user-ada", "globex") as ada_globex,
+    ):
+        for client, mine in ((ada, "n-ada"), (bob, "n-bob"), (ada_globex, "n-ada-globex")):
+            page = (await client.get("/v1/me/feed")).json()
+            assert [i["id"] for i in page["items"]] == [mine]
+            assert (await client.get("/v1/me/feed/counts")).json()["total"] == 1
+        for client, theirs in ((bob, "n-ada"), (ada_globex, "n-ada"), (ada, "n-ada-globex")):
+            for action in ("seen", "read", "unread", "archive", "unarchive"):
+                body = problem(await client.post(f"/v1/me/feed/{theirs}/{action}"), 404)
+                assert theirs in body["detail"]
+        problem(await ada.post("/v1/me/feed/no-such-item/read"), 404)
+        assert (await bob.post("/v1/me/feed/read-all")).json()["read"] == 1
+        assert (await ada.get("/v1/me/feed/counts")).json()["unread"] == 1
+    assert [e.aggregate_id for e in await api.events(event_types=("notification.read",))] == [
+        "n-bob"
+    ]
