@@ -6,6 +6,7 @@ Items exist because in-app notifications went through the real worker pool
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 
 from tests.api_helpers import RunningAPI, api_settings, running_api
 from tests.feed_helpers import send_inapp
+from tests.ops_helpers import wait_for
 from tidings.config import EndUserInstanceSettings, EndUserSettings, Settings
 from tidings.eventstore import Database
 from tidings.feeds.end_users import hmac_token
@@ -27,6 +29,7 @@ from tidings.feeds.end_users import hmac_token
 HMAC_SECRET = "an-hmac-secret-of-thirty-two-bytes!!"
 JWT_SECRET = "a-shared-secret-of-thirty-two-bytes!"
 PROBLEM = "application/problem+json"
+TIMEOUT = 20.0
 
 
 def closed_port() -> int:
@@ -224,3 +227,110 @@ async def test_a_user_never_sees_or_marks_another_users_or_instances_items(
     assert [e.aggregate_id for e in await api.events(event_types=("notification.read",))] == [
         "n-bob"
     ]
+
+
+# --- live: the stream and the long-poll over the socket ---------------------------
+
+
+async def sse_events(response: httpx.Response, wanted: int, into: list[tuple[str, int]]) -> None:
+    """Read `event:`/`id:` pairs off a live SSE body until `wanted` items or marks came."""
+    kind: str | None = None
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("id: ") and kind is not None:
+            into.append((kind, int(line.removeprefix("id: "))))
+        elif line == "":
+            kind = None
+            if len([k for k, _ in into if k != "counts"]) >= wanted:
+                return
+
+
+async def test_a_stream_killed_mid_way_resumes_by_last_event_id_without_gap_or_duplicate(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-0"])
+    await send_inapp(db, ["b-0"], user_id="user-bob")
+    got: list[tuple[str, int]] = []
+    async with as_user(api) as ada:
+        start = (await ada.get("/v1/me/feed")).json()["stream_after"]
+
+        async def writer() -> None:
+            for i in range(1, 7):
+                await send_inapp(db, [f"n-{i}"], add_user=False)
+                await send_inapp(db, [f"b-{i}"], user_id="user-bob", add_user=False)
+                if i % 2 == 0:
+                    assert (await ada.post(f"/v1/me/feed/n-{i}/read")).status_code == 200
+
+        writing = asyncio.create_task(writer())
+        async with ada.stream("GET", "/v1/me/stream", params={"after": start}) as first:
+            assert first.status_code == 200
+            assert first.headers["content-type"].startswith("text/event-stream")
+            await asyncio.wait_for(sse_events(first, 3, got), TIMEOUT)
+        # The connection is gone mid-stream: the server lets go of it.
+        await wait_for(
+            lambda: _true(api.feeds.hub.connections("acme", "user-ada") == 0),
+            "the server to release the killed stream", TIMEOUT,
+        )  # fmt: skip
+        await asyncio.wait_for(writing, TIMEOUT * 4)
+        expected = await feed_positions(db, "user-ada", after=start)
+        last_id = got[-1][1]
+        async with ada.stream(
+            "GET", "/v1/me/stream", headers={"Last-Event-ID": str(last_id)}
+        ) as second:
+            await asyncio.wait_for(sse_events(second, len(expected), got), TIMEOUT)
+    items_and_marks = [position for kind, position in got if kind != "counts"]
+    assert items_and_marks == expected  # every one, in order, once
+    assert {kind for kind, _ in got} == {"message", "state", "counts"}
+    assert len(expected) == 6 + 3
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def feed_positions(db: Database, user_id: str, *, after: int) -> list[int]:
+    """The positions of the user's in-app sends and marks on the log, after `after`."""
+    async with db.pool.connection() as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT position FROM tidings.events WHERE position > %s"
+                " AND aggregate_type = 'notification' AND instance_id = 'acme'"
+                " AND (event_type = 'notification.sent' AND payload->'inapp'->>'user_id' = %s"
+                "      OR event_type LIKE 'notification.%%' AND payload->>'user_id' = %s"
+                "         AND event_type NOT IN ('notification.requested', 'notification.sent'))"
+                " ORDER BY position",
+                (after, user_id, user_id),
+            )
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+async def test_a_long_poll_answers_at_once_on_arrival_or_204_at_the_deadline(
+    api: RunningAPI, db: Database
+) -> None:
+    await send_inapp(db, ["n-1"])
+    async with as_user(api) as ada:
+        start = (await ada.get("/v1/me/feed")).json()["stream_after"]
+        before = (await ada.get("/v1/me/poll", params={"after": 0, "wait": "5s"})).json()
+        assert [e["event"] for e in before["events"]] == ["message", "counts"]
+        assert before["events"][0]["data"]["id"] == "n-1"
+        empty = await ada.get("/v1/me/poll", params={"after": start, "wait": "0.3"})
+        assert empty.status_code == 204 and empty.content == b""
+
+        polling = asyncio.create_task(
+            ada.get("/v1/me/poll", params={"after": start, "wait": "20s"})
+        )
+        await send_inapp(db, ["n-2"], add_user=False)
+        arrived = await asyncio.wait_for(polling, TIMEOUT)
+        assert arrived.status_code == 200
+        body = arrived.json()
+        assert [e["data"]["id"] for e in body["events"] if e["event"] == "message"] == ["n-2"]
+        assert body["after"] == body["events"][-1]["id"] > start
+        problem(await ada.get("/v1/me/poll", params={"wait": "forever"}), 400)
+        problem(await ada.get("/v1/me/poll", params={"after": "x"}), 400)
+        problem(await ada.get("/v1/me/stream", headers={"Last-Event-ID": "x"}), 400)
+    async with api.http() as anonymous:
+        problem(await anonymous.get("/v1/me/stream"), 401)
+        problem(await anonymous.get("/v1/me/poll"), 401)
+    assert api.feeds.hub.connected() == 0

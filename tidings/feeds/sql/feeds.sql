@@ -125,12 +125,16 @@ ORDER BY e.position;
 -- cursor) asked, that user's feed events after the cursor, below the horizon,
 -- with the user's counts as they are now; and whether the cursor can be
 -- resumed from: the newest position retention dropped for the user, and the
--- log's last position (a cursor past it is not this log's). Rows come grouped
--- by the ask's number `n`, in position order; an ask with no events has one
--- row with NULL event columns.
+-- log's last position (a cursor past it is not this log's; one below the
+-- horizon is, even on a quiet log where the horizon, and so a feed read's
+-- stream_after, is past the last event). Rows come grouped by the ask's
+-- number `n`, in position order; an ask with no events has one row with NULL
+-- event columns.
 WITH horizon AS (
     SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) AS position,
-           coalesce((SELECT max(position) FROM tidings.events), 0) AS last_position
+           greatest(coalesce((SELECT max(position) FROM tidings.events), 0),
+                    (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16) - 1)
+               AS last_position
 ), wanted AS (
     SELECT * FROM unnest(%(instance_ids)s::text[], %(user_ids)s::text[], %(afters)s::bigint[])
         WITH ORDINALITY AS w(instance_id, user_id, after, n)
