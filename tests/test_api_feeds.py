@@ -7,6 +7,7 @@ Items exist because in-app notifications went through the real worker pool
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +23,11 @@ from pydantic import SecretStr
 from tests.api_helpers import RunningAPI, api_settings, running_api
 from tests.feed_helpers import send_inapp
 from tests.ops_helpers import wait_for
+from tidings.api import openapi_document
 from tidings.config import EndUserInstanceSettings, EndUserSettings, Settings
 from tidings.eventstore import Database
 from tidings.feeds.end_users import hmac_token
+from tidings.feeds.page import INBOX_CSP, INBOX_MEDIA_TYPE, inbox_html
 
 HMAC_SECRET = "an-hmac-secret-of-thirty-two-bytes!!"
 JWT_SECRET = "a-shared-secret-of-thirty-two-bytes!"
@@ -334,3 +337,14 @@ async def test_a_long_poll_answers_at_once_on_arrival_or_204_at_the_deadline(
         problem(await anonymous.get("/v1/me/stream"), 401)
         problem(await anonymous.get("/v1/me/poll"), 401)
     assert api.feeds.hub.connected() == 0
+
+
+async def test_serve_answers_the_inbox_page_with_its_csp(api: RunningAPI) -> None:
+    async with api.http() as anonymous:
+        page = await anonymous.get("/inbox")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == INBOX_MEDIA_TYPE
+    assert page.headers["content-security-policy"] == INBOX_CSP
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.content == inbox_html() and b"<title>Inbox" in page.content
+    assert "/inbox" not in json.dumps(openapi_document()["paths"])
