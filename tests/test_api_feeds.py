@@ -19,8 +19,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
+from selenium.webdriver.common.by import By
 
 from tests.api_helpers import RunningAPI, api_settings, running_api
+from tests.browser import browser as browser
 from tests.feed_helpers import send_inapp
 from tests.ops_helpers import wait_for
 from tidings.api import openapi_document
@@ -348,3 +350,39 @@ async def test_serve_answers_the_inbox_page_with_its_csp(api: RunningAPI) -> Non
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.content == inbox_html() and b"<title>Inbox" in page.content
     assert "/inbox" not in json.dumps(openapi_document()["paths"])
+
+
+async def test_the_served_inbox_shows_the_feed_live_and_marks_read_in_chromium(
+    api: RunningAPI, db: Database, browser: Any
+) -> None:
+    """The page from `tidings serve` in a real headless Chromium (selenium in a thread:
+    the server runs in this event loop)."""
+    await send_inapp(db, ["n-1"])
+    await asyncio.to_thread(browser.get, f"{api.base}/inbox#token={token()}")
+
+    def text_of(element_id: str) -> str:
+        return str(browser.find_element(By.ID, element_id).text)
+
+    def item_ids() -> list[str]:
+        found = browser.find_elements(By.CSS_SELECTOR, "#feed [data-id]")
+        return [str(node.get_attribute("data-id")) for node in found]
+
+    async def badge_is(count: str) -> bool:
+        return await asyncio.to_thread(text_of, "badge") == count
+
+    await wait_for(lambda: badge_is("1"), "the page to show the unread badge", TIMEOUT)
+    assert await asyncio.to_thread(item_ids) == ["n-1"]
+
+    await send_inapp(db, ["n-2"], add_user=False)
+    await wait_for(lambda: badge_is("2"), "the new item to arrive live", 5)
+    assert await asyncio.to_thread(item_ids) == ["n-2", "n-1"]
+
+    def click_mark_read() -> None:
+        node = browser.find_element(By.CSS_SELECTOR, '#feed [data-id="n-2"]')
+        node.find_element(By.CSS_SELECTOR, "button.mark-read").click()
+
+    await asyncio.to_thread(click_mark_read)
+    await wait_for(lambda: badge_is("1"), "the badge to drop after marking read", TIMEOUT)
+    read = await api.events(aggregate_ids=("n-2",), event_types=("notification.read",))
+    assert [e.creator for e in read] == ["end-user:user-ada"]
+    assert await asyncio.to_thread(text_of, "error") == ""
