@@ -205,6 +205,12 @@ async def test_several_channels_are_several_notifications_each_sent(
     assert views["email"]["state"] == views["inapp"]["state"] == "sent"
     assert (views["email"]["sent_via"], views["inapp"]["sent_via"]) == ("smtp", "inapp")
     assert views["email"]["group"] == views["inapp"]["group"] == [ids["email"], ids["inapp"]]
+    summary = views["inapp"]["timeline"][0]["summary"]
+    assert summary.startswith("requested PasswordChange via inapp for user user-ada")
+    assert (
+        f"idempotency key pw-1, by key apikey:acme-test, requested together with {ids['email']}"
+        in (summary)
+    )
     (mail,) = recorder.received
     assert mail.rcpt_tos == ["user-ada@example.com"]
     assert "password" in mail.parsed()["Subject"].lower()

@@ -161,7 +161,9 @@ class NotificationIn(BaseModel):
     @property
     def named(self) -> list[ChannelName]:
         """The channels asked for, in the order the request names them."""
-        return list(self.channels) if self.channels is not None else [self.channel or "email"]
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.channel] if self.channel is not None else []  # the validator gave one
 
     @property
     def channels_field(self) -> str:
