@@ -5,7 +5,8 @@ for a recipient given inline, under the producer's idempotency key. The key
 fixes the notification id for ever (a UUIDv5 of instance and key), so a
 repeated trigger is the same notification, never a second message; the
 fingerprint of what was asked tells a true repeat from a key reused for
-something else.
+something else. A request that names several channels makes one notification
+per channel under the one key (`request_notification_ids`), appended together.
 """
 
 from __future__ import annotations
