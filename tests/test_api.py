@@ -211,7 +211,10 @@ async def test_the_idempotency_key_fixes_the_notification(api: RunningAPI) -> No
         first = await http.post("/v1/notifications", json=body, headers={"Idempotency-Key": "a1"})
         assert first.status_code == 202
         nid = first.json()["id"]
-        assert first.json() == {"id": nid, "state": "pending"}
+        assert first.json() == {
+            "id": nid, "state": "pending",
+            "notifications": [{"channel": "email", "id": nid, "state": "pending"}],
+        }  # fmt: skip
         assert first.headers["location"] == f"/v1/notifications/{nid}"
         assert nid == direct_notification_id(instance_id="acme", idempotency_key="a1")
         again = await http.post("/v1/notifications", json=body, headers={"Idempotency-Key": "a1"})

@@ -17,7 +17,7 @@ from tidings.api import openapi_document
 from tidings.config import EndUserSettings
 from tidings.eventstore import Database
 from tidings.feeds.end_users import hmac_token
-from tidings.notification.direct import direct_notification_id
+from tidings.notification.direct import direct_notification_id, request_notification_ids
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -80,6 +80,13 @@ async def test_the_curl_examples_work(db: Database, tmp_path: Path) -> None:
             else:
                 assert process.returncode == 0, f"{line}\n{out.decode()}{err.decode()}"
             assert b"824193" not in out, "a plain code is never echoed"
+        both = request_notification_ids(
+            instance_id="acme",
+            idempotency_key="password-changed-ada-7",
+            channels=["email", "inapp"],
+        )
+        sent_to = await api.events(aggregate_ids=tuple(both.values()))
+        assert sorted(e.payload["request"]["channel"] for e in sent_to) == ["email", "inapp"]
         view = await api.events(aggregate_ids=(nid,))
         assert [e.event_type for e in view] == ["notification.requested", "notification.canceled"]
         marks = await api.events(aggregate_ids=("inapp-grace-1",))

@@ -11,6 +11,13 @@
             data={"export_url": "https://example.com/exports/42"},
         )
         print(tidings.notification(accepted.id)["state"])
+        both = tidings.notify(
+            idempotency_key="password-changed-ada-7",
+            message_type="PasswordChange",
+            channels=["email", "inapp"],  # one notification each
+            user_id="user-ada",
+        )
+        print(both.id_for("inapp"))
 
 Every call builds its request and reads its answer through the same two
 functions, so the two clients differ only in how they send. An answer other
@@ -43,13 +50,34 @@ class APIError(TidingsError):
 
 
 @dataclass(frozen=True)
+class ChannelNotification:
+    """One channel's notification of a request."""
+
+    channel: str
+    id: str
+    state: str
+
+
+@dataclass(frozen=True)
 class Accepted:
-    """A requested notification: `created` is False when the key was used before."""
+    """A requested notification: `created` is False when the key was used before.
+
+    `id` is the first channel's notification (the only one's, for one channel);
+    `notifications` holds one per channel the request named (none for a cancel).
+    """
 
     id: str
     state: str
     created: bool
     location: str | None = None
+    notifications: tuple[ChannelNotification, ...] = ()
+
+    def id_for(self, channel: str) -> str:
+        """The notification id of one channel of the request (KeyError if not named)."""
+        for notification in self.notifications:
+            if notification.channel == channel:
+                return notification.id
+        raise KeyError(channel)
 
 
 @dataclass(frozen=True)
@@ -101,7 +129,8 @@ def _notify_call(
     *,
     idempotency_key: str,
     message_type: str,
-    channel: str,
+    channel: str | None,
+    channels: Sequence[str] | None,
     user_id: str | None,
     recipient: Mapping[str, str] | None,
     data: Mapping[str, Any] | None,
@@ -110,7 +139,11 @@ def _notify_call(
     url_template: str | None,
     not_after: datetime | None,
 ) -> _Call:
-    body: dict[str, Any] = {"message_type": message_type, "channel": channel}
+    body: dict[str, Any] = {"message_type": message_type}
+    if channel is not None:
+        body["channel"] = channel
+    if channels is not None:
+        body["channels"] = list(channels)
     if user_id is not None:
         body["user_id"] = user_id
     if recipient is not None:
@@ -135,6 +168,10 @@ def _accepted(response: httpx.Response) -> Accepted:
         state=body["state"],
         created=response.status_code == 202,
         location=response.headers.get("location"),
+        notifications=tuple(
+            ChannelNotification(channel=n["channel"], id=n["id"], state=n["state"])
+            for n in body.get("notifications") or ()
+        ),
     )
 
 
@@ -218,7 +255,8 @@ class Client:
         *,
         idempotency_key: str,
         message_type: str,
-        channel: str,
+        channel: str | None = None,
+        channels: Sequence[str] | None = None,
         user_id: str | None = None,
         recipient: Mapping[str, str] | None = None,
         data: Mapping[str, Any] | None = None,
@@ -227,7 +265,9 @@ class Client:
         url_template: str | None = None,
         not_after: datetime | None = None,
     ) -> Accepted:
-        """Request a notification; the same idempotency key is the same notification."""
+        """Request a notification on `channel` (email, sms, inapp), or one per channel of
+        `channels` (give one of the two); the same idempotency key is the same
+        notification(s) for ever."""
         return _accepted(self._send(_notify_call(**_args(locals()))))
 
     def notification(self, notification_id: str) -> dict[str, Any]:
@@ -312,7 +352,8 @@ class AsyncClient:
         *,
         idempotency_key: str,
         message_type: str,
-        channel: str,
+        channel: str | None = None,
+        channels: Sequence[str] | None = None,
         user_id: str | None = None,
         recipient: Mapping[str, str] | None = None,
         data: Mapping[str, Any] | None = None,

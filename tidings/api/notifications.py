@@ -21,21 +21,23 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from tidings.api.auth import requires
 from tidings.api.keys import Principal
-from tidings.api.problems import Problem, problem_responses
+from tidings.api.problems import FieldProblem, Problem, problem_responses
 from tidings.api.producers import NUL_MESSAGE, nul_path
 from tidings.api.state import ApiState, state_of
 from tidings.config.durations import Duration
 from tidings.eventstore import ConcurrencyError, EventQuery, NewEvent, StoredEvent
 from tidings.eventstore.errors import translated_errors
 from tidings.notification.codes import EncryptedCode
+from tidings.notification.compose import refuse_codes_in_app
 from tidings.notification.direct import (
+    CHANNEL_ORDER,
     IDEMPOTENCY_KEY_MAX,
     DirectRecipient,
     IdempotencyRef,
-    direct_notification_id,
     fingerprint,
+    request_notification_ids,
 )
-from tidings.notification.errors import CodeError, RenderError
+from tidings.notification.errors import CodeError, InAppRefused, RenderError
 from tidings.notification.events import CANCELED, RETRY_REQUESTED, SENT, SETTLED, Canceled
 from tidings.notification.messages import MESSAGE_TYPES, is_message_type_name
 from tidings.notification.requests import (
@@ -75,6 +77,11 @@ class PlainCode(BaseModel):
     plain: str = Field(min_length=1, max_length=256)
 
 
+ChannelName = Literal["email", "sms", "inapp"]
+# What a channel needs to know where to send, when the request has no user_id.
+_RECIPIENT_FIELD = {"email": "email", "sms": "phone"}
+
+
 class NotificationIn(BaseModel):
     """A notification without a source event, for a user or an inline recipient."""
 
@@ -88,7 +95,12 @@ class NotificationIn(BaseModel):
                     "message_type": "ExportReady",
                     "channel": "email",
                     "data": {"export_url": "https://example.com/exports/42"},
-                }
+                },
+                {
+                    "user_id": "user-ada",
+                    "message_type": "PasswordChange",
+                    "channels": ["email", "inapp"],
+                },
             ]
         },
     )
@@ -97,17 +109,28 @@ class NotificationIn(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
-        description="A user of the users read model; one not known yet is accepted.",
+        description="A user of the users read model; one not known yet is accepted. "
+        "The inapp channel needs it: the feed is this user's.",
     )
     recipient: DirectRecipient | None = Field(
-        default=None, description="Instead of user_id: the address to send to."
+        default=None, description="Instead of user_id: the address to send to (email, sms)."
     )
     message_type: str = Field(
         min_length=1,
         max_length=64,
         description="A built-in type or one defined in the instance's template overrides.",
     )
-    channel: Literal["email", "sms"]
+    channel: ChannelName | None = Field(
+        default=None, description="One channel; give either channel or channels."
+    )
+    channels: list[ChannelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(CHANNEL_ORDER),
+        description="Several channels, each once: one notification per channel (its own id, "
+        "attempts and retries), all requested in one transaction under the one "
+        "Idempotency-Key.",
+    )
     data: dict[str, Any] = Field(
         default_factory=dict, description="Template variables, as `args` in the texts."
     )
@@ -124,18 +147,46 @@ class NotificationIn(BaseModel):
     def _one_recipient(self) -> NotificationIn:
         if (self.user_id is None) == (self.recipient is None):
             raise ValueError("give either user_id or recipient, not both and not neither")
-        if self.recipient is not None:
-            needed = "email" if self.channel == "email" else "phone"
-            if getattr(self.recipient, needed) is None:
-                raise ValueError(f"the {self.channel} channel needs recipient.{needed}")
+        if (self.channel is None) == (self.channels is None):
+            raise ValueError(
+                'give either channel or channels, not both and not neither (e.g. "channel": '
+                '"email" or "channels": ["email", "inapp"])'
+            )
+        if self.channels is not None and len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels names a channel more than once")
         if len(json.dumps(self.data, default=str)) > 16 * 1024:
             raise ValueError("data has more than 16 KiB as JSON")
         return self
+
+    @property
+    def named(self) -> list[ChannelName]:
+        """The channels asked for, in the order the request names them."""
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.channel] if self.channel is not None else []  # the validator gave one
+
+    @property
+    def channels_field(self) -> str:
+        return "channel" if self.channels is None else "channels"
 
 
 class NotificationAccepted(BaseModel):
     id: str
     state: StateName
+
+
+class ChannelAccepted(BaseModel):
+    channel: ChannelName
+    id: str = Field(description="This channel's notification: GET /v1/notifications/{id}.")
+    state: StateName
+
+
+class RequestAccepted(NotificationAccepted):
+    """The notifications a request made: `id` is the first channel's (the only one's)."""
+
+    notifications: list[ChannelAccepted] = Field(
+        description="One per channel, in the order the request named them."
+    )
 
 
 class TimelineStep(BaseModel):
@@ -159,6 +210,10 @@ class NotificationView(BaseModel):
     next_due_at: datetime | None
     sent_via: str | None
     provider_message_id: str | None
+    group: list[str] = Field(
+        description="The notifications requested together with this one, one per channel "
+        "(itself included); empty when its request named one channel."
+    )
     timeline: list[TimelineStep]
 
 
@@ -185,13 +240,17 @@ class NotificationPage(BaseModel):
 @router.post(
     "/notifications",
     status_code=202,
-    response_model=NotificationAccepted,
-    summary="Request a notification (idempotent by the Idempotency-Key header)",
+    response_model=RequestAccepted,
+    summary="Request a notification on one or several channels (idempotent by the "
+    "Idempotency-Key header)",
     responses={
-        200: {"model": NotificationAccepted, "description": "The same request was made before"},
-        **problem_responses((422, "Invalid, or the Idempotency-Key was used for another request")),
+        200: {"model": RequestAccepted, "description": "The same request was made before"},
+        **problem_responses(
+            (422, "Invalid, a channel the request cannot go to (a one-time code in-app, "
+             "no recipient for it), or the Idempotency-Key was used for another request"),
+        ),
     },
-)
+)  # fmt: skip
 async def request_notification(
     body: NotificationIn,
     response: Response,
@@ -201,11 +260,11 @@ async def request_notification(
         str | None,
         Header(
             alias="Idempotency-Key",
-            description="Required. Fixes the notification id: the same key is the same "
-            "notification for ever.",
+            description="Required. Fixes the notification ids (one per channel): the same "
+            "key is the same notifications for ever.",
         ),
     ] = None,
-) -> NotificationAccepted:
+) -> RequestAccepted:
     if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_MAX:
         raise Problem(
             400,
@@ -217,7 +276,10 @@ async def request_notification(
     where_nul = nul_path(body.model_dump(mode="json", exclude={"code"}), "body")
     if where_nul is not None:
         raise Problem(422, f"{where_nul.removeprefix('body.')} {NUL_MESSAGE}")
-    _check_texts(api, instance, body.message_type, body.channel)
+    named = body.named
+    _check_channels(body, named)
+    for channel in named:
+        _check_texts(api, instance, body.message_type, channel)
     resource_owner = ""
     if body.user_id is not None:
         with translated_errors():
@@ -226,58 +288,118 @@ async def request_notification(
         if user is not None and user.state == "removed":
             raise Problem(422, f"user {body.user_id} was removed; nothing was requested")
         resource_owner = user.resource_owner if user is not None else ""
-    asked = body.model_dump(mode="json", exclude={"code"})
-    asked["code"] = None if body.code is None else "given"
-    ref = IdempotencyRef(
-        key=idempotency_key, fingerprint=fingerprint(asked), requested_by=principal.label
+    ids = request_notification_ids(
+        instance_id=instance, idempotency_key=idempotency_key, channels=named
     )
-    nid = direct_notification_id(instance_id=instance, idempotency_key=idempotency_key)
-    location = f"/v1/notifications/{nid}"
+    ref = IdempotencyRef(
+        key=idempotency_key,
+        fingerprint=fingerprint(_asked(body, list(ids))),
+        requested_by=principal.label,
+        group=tuple(ids.values()) if len(ids) > 1 else (),
+    )
     code: dict[str, Any] | None = None
     if isinstance(body.code, PlainCode):
         code = api.encrypt(body.code.plain).model_dump(mode="json")
     elif body.code is not None:
         code = body.code.model_dump(mode="json")
-    request = Request(
-        user_id=body.user_id or "",
-        resource_owner=resource_owner,
-        message_type=body.message_type,
-        channel=body.channel,
-        recipient=body.recipient,
-        url_template=body.url_template,
-        code=code,
-        code_expiry=body.code_expiry,
-        args=body.data,
-        not_after=body.not_after,
-    )
-    payload = NotificationRequested(request=request, idempotency=ref)
-    event = NewEvent(
-        instance_id=instance,
-        aggregate_type=NOTIFICATION_AGGREGATE,
-        aggregate_id=nid,
-        event_type=REQUESTED,
-        payload=payload.model_dump(mode="json"),
-        expected_sequence=0,
-        owner=resource_owner,
-        creator=principal.label,
-    )
+    events = [
+        NewEvent(
+            instance_id=instance,
+            aggregate_type=NOTIFICATION_AGGREGATE,
+            aggregate_id=nid,
+            event_type=REQUESTED,
+            payload=NotificationRequested(
+                request=Request(
+                    user_id=body.user_id or "",
+                    resource_owner=resource_owner,
+                    message_type=body.message_type,
+                    channel=channel,
+                    recipient=body.recipient,
+                    url_template=body.url_template,
+                    code=code,
+                    code_expiry=body.code_expiry,
+                    args=body.data,
+                    not_after=body.not_after,
+                ),
+                idempotency=ref,
+            ).model_dump(mode="json"),
+            expected_sequence=0,
+            owner=resource_owner,
+            creator=principal.label,
+        )
+        for channel, nid in ids.items()
+    ]
+    anchor = events[0].aggregate_id
+    response.headers["Location"] = f"/v1/notifications/{anchor}"
     try:
-        await api.appender.append([event])
+        await api.appender.append(events)  # one transaction: every channel or none
     except ConcurrencyError:  # the key was used before (or at the same moment)
-        return _repeat(api, body, ref, await _events(api, instance, nid), nid, response, location)
-    log.debug(
-        "notification %s instance %s: %s via %s requested by %s (idempotency key %s)",
-        nid, instance, body.message_type, body.channel, principal.label, idempotency_key,
-        extra={"notification_id": nid, "instance_id": instance, "api_key": principal.label},
-    )  # fmt: skip
-    response.headers["Location"] = location
-    return NotificationAccepted(id=nid, state="pending")
+        return await _repeat(api, body, ref, ids, named, response, instance)
+    for kind, nid in ids.items():
+        log.debug(
+            "notification %s instance %s: %s via %s requested by %s (idempotency key %s%s)",
+            nid, instance, body.message_type, kind, principal.label, idempotency_key,
+            f", with {', '.join(c for c in ids if c != kind)}" if len(ids) > 1 else "",
+            extra={"notification_id": nid, "instance_id": instance, "api_key": principal.label},
+        )  # fmt: skip
+    return RequestAccepted(
+        id=anchor,
+        state="pending",
+        notifications=[ChannelAccepted(channel=c, id=ids[c], state="pending") for c in named],
+    )
+
+
+def _asked(body: NotificationIn, channels: list[str]) -> dict[str, Any]:
+    """What the fingerprint covers: the body, its code only as given or not, its
+    channels in their fixed order (`channel: email` and `channels: ["email"]` are
+    the same request, and so are two orders of the same channels)."""
+    asked = body.model_dump(mode="json", exclude={"code", "channel", "channels"})
+    asked["code"] = None if body.code is None else "given"
+    if len(channels) == 1:
+        asked["channel"] = channels[0]  # as a one-channel request was fingerprinted before
+    else:
+        asked["channels"] = channels
+    return asked
+
+
+def _check_channels(body: NotificationIn, named: list[ChannelName]) -> None:
+    """422 when the request cannot go to one of its channels; nothing is appended."""
+    where = body.channels_field
+    for index, channel in enumerate(named):
+        field = where if body.channels is None else f"{where}.{index}"
+        if channel == "inapp":
+            try:
+                refuse_codes_in_app(body.message_type, has_code=body.code is not None)
+            except InAppRefused as exc:
+                detail = (
+                    f"channel inapp refused for message type {body.message_type}: {exc}; "
+                    "nothing was requested"
+                )
+                raise Problem(
+                    422,
+                    detail,
+                    title="One-time codes never go in-app",
+                    errors=[FieldProblem(field=field, message=detail)],
+                ) from None
+            if body.user_id is None:
+                detail = (
+                    "the inapp channel needs user_id: the feed is a user's of your "
+                    "application (the user their token names), an inline recipient has none"
+                )
+                raise Problem(422, detail, errors=[FieldProblem(field="user_id", message=detail)])
+        elif body.recipient is not None:
+            needed = _RECIPIENT_FIELD[channel]
+            if getattr(body.recipient, needed) is None:
+                detail = f"the {channel} channel needs recipient.{needed}"
+                raise Problem(
+                    422, detail, errors=[FieldProblem(field=f"recipient.{needed}", message=detail)]
+                )
 
 
 def _check_texts(api: ApiState, instance: str, message_type: str, channel: str) -> None:
-    if message_type in MESSAGE_TYPES:
-        return
-    if not is_message_type_name(message_type):
+    if message_type in MESSAGE_TYPES and channel != "inapp":
+        return  # every built-in type has its email and sms texts
+    if message_type not in MESSAGE_TYPES and not is_message_type_name(message_type):
         raise Problem(
             422,
             f"message_type {message_type!r} is neither built in ({', '.join(MESSAGE_TYPES)}) "
@@ -318,16 +440,20 @@ async def _events(api: ApiState, instance: str, nid: str) -> list[StoredEvent]:
     )
 
 
-def _repeat(
+async def _repeat(
     api: ApiState,
     body: NotificationIn,
     ref: IdempotencyRef,
-    events: list[StoredEvent],
-    nid: str,
+    ids: dict[ChannelName, str],
+    named: list[ChannelName],
     response: Response,
-    location: str,
-) -> NotificationAccepted:
+    instance: str,
+) -> RequestAccepted:
     """200 for the same request again; 422 when the key was used for another one."""
+    anchor = next(iter(ids.values()))
+    events = await _events(api, instance, anchor)
+    if not events:  # cannot be: every request under the key appends the anchor
+        raise Problem(409, f"notification {anchor} kept changing; try again")
     try:
         first = NotificationRequested.model_validate(events[0].payload)
     except ValidationError:
@@ -345,10 +471,16 @@ def _repeat(
             "send a new key for a new notification",
             title="Idempotency-Key reused",
         )
+    states: dict[ChannelName, StateName] = {}
+    for channel, nid in ids.items():
+        own = events if nid == anchor else await _events(api, instance, nid)
+        states[channel] = _STATE_OF.get(own[-1].event_type, "pending") if own else "pending"
     response.status_code = 200
-    response.headers["Location"] = location
-    state = _STATE_OF.get(events[-1].event_type, "pending")
-    return NotificationAccepted(id=nid, state=state)
+    return RequestAccepted(
+        id=anchor,
+        state=states[next(iter(ids))],
+        notifications=[ChannelAccepted(channel=c, id=ids[c], state=states[c]) for c in named],
+    )
 
 
 def _same_code(api: ApiState, given: PlainCode | EncryptedCode | None, stored: Any) -> bool:
@@ -392,6 +524,7 @@ def _view(nid: str, steps: list[Step]) -> NotificationView:
     own = [s for s in steps if s.event_type in _STATE_OF]
     requested, last = own[0], own[-1]
     request = requested.payload.get("request") or {}
+    group = (requested.payload.get("idempotency") or {}).get("group") or []
     attempts, last_error, due = 0, None, requested.at
     sent_via = provider_id = reason = None
     for step in own[1:]:
@@ -422,6 +555,7 @@ def _view(nid: str, steps: list[Step]) -> NotificationView:
         next_due_at=None if settled else due,
         sent_via=sent_via,
         provider_message_id=provider_id,
+        group=[str(nid) for nid in group],
         timeline=[
             TimelineStep(at=s.at, event_type=s.event_type, position=s.position, summary=s.summary)
             for s in steps

@@ -50,9 +50,12 @@ def describe(event: StoredEvent) -> str:
         if r.source is None:
             key = payload.idempotency.key if payload.idempotency else "?"
             by = payload.idempotency.requested_by if payload.idempotency else ""
+            group = payload.idempotency.group if payload.idempotency else ()
+            others = [nid for nid in group if nid != event.aggregate_id]
+            together = f", requested together with {', '.join(others)}" if others else ""
             return (
                 f"requested {r.message_type} via {r.channel} for {whom} "
-                f"(directly, idempotency key {key}{f', by key {by}' if by else ''})"
+                f"(directly, idempotency key {key}{f', by key {by}' if by else ''}{together})"
             )
         return (
             f"requested {r.message_type} via {r.channel} for {whom} "
