@@ -167,3 +167,33 @@ async def test_a_new_item_shows_within_2_s_of_its_commit(
     print(f"inbox live delays (commit -> row on the page): {[f'{d:.3f}s' for d in delays]}")
     assert max(delays) <= LIVE_WITHIN, delays
     assert (await tab.state())["error"] == ""
+
+
+async def test_marking_read_in_one_tab_updates_the_other_live(
+    api: RunningAPI, db: Database, browser: Any
+) -> None:
+    await send_inapp(db, ["n-1", "n-2", "n-3"])
+    one = first_tab(browser)
+    await one.open(f"{api.base}/inbox#token={token()}")
+    two = await asyncio.to_thread(new_tab, one)
+    await two.open(f"{api.base}/inbox#token={token()}")
+    everything = ["n-3", "n-2", "n-1"]
+    for tab in (one, two):
+        await tab.until("the feed and a live stream", lambda s: shows(everything, 3)(s) and live(s))
+
+    await one.mark_read("n-2")
+    await two.until("the other tab to follow", shows(everything, 2, unread=["n-3", "n-1"]))
+    await one.until("this tab to agree", shows(everything, 2, unread=["n-3", "n-1"]))
+
+    await two.mark_read("n-3")
+    await one.until("the first tab to follow", shows(everything, 1, unread=["n-1"]))
+
+    # Another device marks it through the API: both tabs follow.
+    async with api.http() as device:
+        auth = {"Authorization": f"Bearer {token()}"}
+        assert (await device.post("/v1/me/feed/n-1/read", headers=auth)).status_code == 200
+    for tab in (one, two):
+        await tab.until("every tab to show all read", shows(everything, 0, unread=[]))
+        assert (await tab.state())["error"] == ""
+    reads = await api.events(event_types=("notification.read",))
+    assert sorted(e.aggregate_id for e in reads) == ["n-1", "n-2", "n-3"]  # once each
