@@ -22,9 +22,11 @@ from selenium.webdriver.common.by import By
 from tests.api_helpers import RunningAPI, running_api
 from tests.browser import browser as browser
 from tests.feed_helpers import send_inapp
-from tests.ops_helpers import wait_for
-from tests.test_api_feeds import feed_settings, token
+from tests.ops_helpers import Process, free_port, serving, wait_for
+from tests.test_api_feeds import HMAC_SECRET, feed_settings, token
+from tests.test_api_process import env_for
 from tidings.eventstore import Database
+from tidings.feeds.operations import mark
 
 TIMEOUT = 20.0
 LIVE_WITHIN = 2.0  # seconds from the append's commit to the row on the page (issue 14)
@@ -39,6 +41,11 @@ return {
   status: document.getElementById('status').textContent,
   error: document.getElementById('error').textContent,
 };
+"""
+# How often the page has read the feed (GET /v1/me/feed): a resume reads none.
+FEED_READS = """
+return performance.getEntriesByType('resource')
+  .filter((e) => new URL(e.name).pathname === '/v1/me/feed').length;
 """
 # Notes the wall-clock time each row first appears (the DOM's own clock, no polling delay).
 WATCH_ARRIVALS = """
@@ -197,3 +204,55 @@ async def test_marking_read_in_one_tab_updates_the_other_live(
         assert (await tab.state())["error"] == ""
     reads = await api.events(event_types=("notification.read",))
     assert sorted(e.aggregate_id for e in reads) == ["n-1", "n-2", "n-3"]  # once each
+
+
+async def test_after_a_server_restart_the_page_resumes_and_shows_what_came_meanwhile_once(
+    db: Database, conninfo: str, tmp_path: Path, browser: Any
+) -> None:
+    """`tidings serve` as a subprocess, stopped and started again on the same port."""
+    await send_inapp(db, ["n-1", "n-2"])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = env_for(conninfo, tmp_path, TIDINGS_END_USERS_HMAC_SECRET=HMAC_SECRET)
+
+    def serve(name: str) -> Process:
+        return Process(["serve", "--addr", f"127.0.0.1:{port}"], env, tmp_path / name)
+
+    first = serve("serve-1")
+    try:
+        await serving(base, first)
+        tab = first_tab(browser)
+        await tab.open(f"{base}/inbox#token={token()}")
+        await tab.until(
+            "the feed and a live stream", lambda s: shows(["n-2", "n-1"], 2)(s) and live(s)
+        )
+    finally:
+        stopped = await asyncio.to_thread(first.stop)
+    assert stopped == 0, first.stderr()
+    await tab.until("the page to notice", lambda s: s["status"] != "live")
+
+    # While no server answers: the worker pool sends two more, another device reads one.
+    await send_inapp(db, ["n-3", "n-4"], add_user=False)
+    await mark(
+        db.store, instance_id="acme", user_id="user-ada", notification_id="n-1", action="read"
+    )
+
+    second = serve("serve-2")
+    try:
+        await serving(base, second)
+        everything = ["n-4", "n-3", "n-2", "n-1"]
+        state = await tab.until(
+            "the page to resume with what came meanwhile",
+            lambda s: shows(everything, 3, unread=everything[:3])(s) and live(s),
+        )
+        assert state["error"] == ""
+        # It resumed from its cursor: the feed was read once, when the page opened.
+        assert await tab.do(lambda d: d.execute_script(FEED_READS)) == 1
+
+        await send_inapp(db, ["n-5"], add_user=False)
+        await tab.until(
+            "the stream to be live again", shows(["n-5", *everything], 4, ["n-5", *everything[:3]])
+        )
+    finally:
+        stopped = await asyncio.to_thread(second.stop)
+    assert stopped == 0, second.stderr()
