@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
+from pydantic import SecretStr
 from selenium.webdriver.common.by import By
 
 from tests.api_helpers import RunningAPI, running_api
 from tests.browser import browser as browser
 from tests.feed_helpers import send_inapp
 from tests.ops_helpers import Process, free_port, serving, wait_for
-from tests.test_api_feeds import HMAC_SECRET, feed_settings, token
+from tests.test_api_feeds import HMAC_SECRET, JWT_SECRET, feed_settings, token
 from tests.test_api_process import env_for
 from tidings.eventstore import Database
-from tidings.feeds.operations import mark
+from tidings.feeds.operations import mark, prune_feed
 
 TIMEOUT = 20.0
 LIVE_WITHIN = 2.0  # seconds from the append's commit to the row on the page (issue 14)
@@ -109,6 +112,11 @@ class Tab:
         await self.do(click)
 
 
+def script_errors(driver: Any) -> list[dict[str, Any]]:
+    """What the page's JavaScript threw (refused requests are the network's, not errors)."""
+    return [e for e in driver.get_log("browser") if e.get("source") == "javascript"]
+
+
 def first_tab(driver: Any) -> Tab:
     return Tab(driver, driver.current_window_handle, threading.Lock())
 
@@ -123,11 +131,13 @@ def new_tab(tab: Tab) -> Tab:
     return Tab(tab.driver, handle, tab._lock)
 
 
-def shows(items: list[str], badge: int, unread: list[str] | None = None) -> Any:
+def shows(
+    items: list[str], badge: int, unread: list[str] | None = None
+) -> Callable[[dict[str, Any]], bool]:
     """A check: exactly these rows (no duplicate), this badge, these unread (default: all)."""
 
     def check(state: dict[str, Any]) -> bool:
-        return (
+        return bool(
             state["items"] == items
             and state["badge"] == str(badge)
             and state["unread"] == (items if unread is None else unread)
@@ -152,6 +162,11 @@ async def sent_at(api: RunningAPI, notification_id: str) -> datetime:
     return sent.created_at
 
 
+def arrival(notification_id: str, driver: Any) -> float:
+    """When the row first showed (ms since the epoch), as WATCH_ARRIVALS noted it."""
+    return float(driver.execute_script("return arrivals[arguments[0]]", notification_id))
+
+
 async def test_a_new_item_shows_within_2_s_of_its_commit(
     api: RunningAPI, db: Database, browser: Any
 ) -> None:
@@ -168,12 +183,13 @@ async def test_a_new_item_shows_within_2_s_of_its_commit(
         await send_inapp(db, [nid], add_user=False)  # the real worker pool sends it in-app
         expected.insert(0, nid)
         await tab.until(f"{nid} to arrive live", shows(expected, len(expected)))
-        arrived = await tab.do(lambda d, nid=nid: d.execute_script(f"return arrivals['{nid}']"))
+        arrived = await tab.do(partial(arrival, nid))
         committed = await sent_at(api, nid)
         delays.append(arrived / 1000 - committed.timestamp())
     print(f"inbox live delays (commit -> row on the page): {[f'{d:.3f}s' for d in delays]}")
     assert max(delays) <= LIVE_WITHIN, delays
     assert (await tab.state())["error"] == ""
+    assert script_errors(browser) == []
 
 
 async def test_marking_read_in_one_tab_updates_the_other_live(
@@ -202,6 +218,7 @@ async def test_marking_read_in_one_tab_updates_the_other_live(
     for tab in (one, two):
         await tab.until("every tab to show all read", shows(everything, 0, unread=[]))
         assert (await tab.state())["error"] == ""
+    assert script_errors(browser) == []
     reads = await api.events(event_types=("notification.read",))
     assert sorted(e.aggregate_id for e in reads) == ["n-1", "n-2", "n-3"]  # once each
 
@@ -256,3 +273,93 @@ async def test_after_a_server_restart_the_page_resumes_and_shows_what_came_meanw
     finally:
         stopped = await asyncio.to_thread(second.stop)
     assert stopped == 0, second.stderr()
+    assert script_errors(browser) == []
+
+
+def signed_out(words: str) -> Callable[[dict[str, Any]], bool]:
+    """A check: the page says it is signed out, with `words` in its message, and shows nothing."""
+
+    def check(state: dict[str, Any]) -> bool:
+        return (
+            state["status"] == "signed out"
+            and words in state["error"]
+            and state["items"] == []
+            and state["badge"] == "0"
+        )
+
+    return check
+
+
+async def sign_in(tab: Tab, value: str) -> None:
+    def typed(d: Any) -> None:
+        field = d.find_element(By.ID, "token")
+        field.clear()
+        field.send_keys(value)
+        d.find_element(By.CSS_SELECTOR, "#signin button").click()
+
+    await tab.do(typed)
+
+
+def hs256(seconds: int) -> str:
+    """An end-user JWT for ada that expires `seconds` from now (negative: expired)."""
+    expires = datetime.now(UTC) + timedelta(seconds=seconds)
+    claims = {"sub": "user-ada", "instance": "acme", "exp": int(expires.timestamp())}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+async def test_a_token_refused_says_so_and_stops_instead_of_reconnecting(
+    db: Database, tmp_path: Path, browser: Any
+) -> None:
+    """The operator rotates the HMAC secret while the page is open (revoking every such
+    token) and restarts the server: the page's reconnect is refused (401)."""
+    await send_inapp(db, ["n-1"])
+    settings = feed_settings(tmp_path)
+    port = free_port()
+    tab = first_tab(browser)
+    async with running_api(db, settings, port=port) as api:
+        await tab.open(f"{api.base}/inbox#token={token()}")
+        await tab.until("the feed and a live stream", lambda s: shows(["n-1"], 1)(s) and live(s))
+    await tab.until("the page to notice", lambda s: s["status"] != "live")
+
+    rotated = settings.end_users.model_copy(update={"hmac_secret": SecretStr("another-" * 5)})
+    async with running_api(db, settings.model_copy(update={"end_users": rotated}), port=port):
+        await tab.until(
+            "a clear message instead of reconnecting",
+            signed_out("refused your token (the token's signature does not match)"),
+        )
+        # Signed out for good: a reload does not try the token again.
+        await tab.do(lambda d: d.refresh())
+        state = await tab.until("the page to load again", lambda s: s["status"] == "signed out")
+        assert state["error"] == "" and state["items"] == []
+
+        # An expired JWT typed in: told so, at once.
+        await sign_in(tab, hs256(-3600))
+        await tab.until("the expiry to be named", signed_out("the token has expired"))
+        await sign_in(tab, hs256(600))
+        await tab.until("a good token to open the feed", lambda s: shows(["n-1"], 1)(s) and live(s))
+    assert script_errors(browser) == []
+
+
+async def test_a_reset_reads_the_feed_again(db: Database, tmp_path: Path, browser: Any) -> None:
+    """Retention drops items after the page's cursor while the server is away: the resumed
+    stream says `event: reset`, and the page reads the feed again instead of keeping a
+    row the feed no longer has."""
+    await send_inapp(db, ["n-1"])
+    settings = feed_settings(tmp_path)
+    port = free_port()
+    tab = first_tab(browser)
+    async with running_api(db, settings, port=port) as api:
+        await tab.open(f"{api.base}/inbox#token={token()}")
+        await tab.until("the feed and a live stream", lambda s: shows(["n-1"], 1)(s) and live(s))
+    await tab.until("the page to notice", lambda s: s["status"] != "live")
+
+    await send_inapp(db, ["n-2"], add_user=False)
+    dropped = await prune_feed(db.store, retention=timedelta(0), now=datetime.now(UTC))
+    assert dropped == 2
+    await send_inapp(db, ["n-3"], add_user=False)
+
+    async with running_api(db, settings, port=port):
+        await tab.until("the feed read again", lambda s: shows(["n-3"], 1)(s) and live(s))
+        assert await tab.do(lambda d: d.execute_script(FEED_READS)) == 2
+        assert (await tab.state())["error"] == ""
+        assert script_errors(browser) == []
