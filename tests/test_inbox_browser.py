@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +365,74 @@ async def test_a_reset_reads_the_feed_again(db: Database, tmp_path: Path, browse
         assert await tab.do(lambda d: d.execute_script(FEED_READS)) == 2
         assert (await tab.state())["error"] == ""
         assert script_errors(browser) == []
+
+
+@contextmanager
+def unavailable(port: int) -> Iterator[list[str]]:
+    """What a load balancer answers while the service restarts: 503 to everything, on
+    127.0.0.1:`port`. Yields the paths asked for."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path.split("?")[0])
+            body = b'{"status": 503, "detail": "restarting"}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+async def test_after_503s_the_page_reopens_its_stream_from_its_cursor(
+    db: Database, tmp_path: Path, browser: Any
+) -> None:
+    """A 503 makes the browser give up on an EventSource for good: the page itself opens
+    a new stream after the last position it saw once the server answers again."""
+    await send_inapp(db, ["n-1"])
+    settings = feed_settings(tmp_path)
+    port = free_port()
+    tab = first_tab(browser)
+    async with running_api(db, settings, port=port) as api:
+        await tab.open(f"{api.base}/inbox#token={token()}")
+        await tab.until("the feed and a live stream", lambda s: shows(["n-1"], 1)(s) and live(s))
+        await send_inapp(db, ["n-2"], add_user=False)  # the page's cursor moves past it
+        await tab.until("n-2 live", shows(["n-2", "n-1"], 2))
+
+    with unavailable(port) as asked:
+        await send_inapp(db, ["n-3"], add_user=False)
+        await mark(
+            db.store, instance_id="acme", user_id="user-ada", notification_id="n-2", action="read"
+        )
+
+        async def tried_twice() -> bool:  # the stream, then the page's own check
+            return asked.count("/v1/me/stream") >= 1 and "/v1/me/feed/counts" in asked
+
+        await wait_for(tried_twice, "the page to try the server while it answers 503", TIMEOUT)
+        assert (await tab.state())["status"] == "reconnecting…"
+
+    async with running_api(db, settings, port=port):
+        state = await tab.until(
+            "the page to reopen its stream after its cursor",
+            lambda s: shows(["n-3", "n-2", "n-1"], 2, unread=["n-3", "n-1"])(s) and live(s),
+        )
+        assert state["error"] == ""
+        assert await tab.do(lambda d: d.execute_script(FEED_READS)) == 1
+        await send_inapp(db, ["n-4"], add_user=False)
+        await tab.until("live again", shows(["n-4", "n-3", "n-2", "n-1"], 3, ["n-4", "n-3", "n-1"]))
+    assert script_errors(browser) == []
