@@ -26,7 +26,7 @@ from selenium.webdriver.common.by import By
 
 from tests.api_helpers import RunningAPI, running_api
 from tests.browser import browser as browser
-from tests.feed_helpers import send_inapp
+from tests.feed_helpers import send_inapp, sent_inapp
 from tests.ops_helpers import Process, free_port, serving, wait_for
 from tests.test_api_feeds import HMAC_SECRET, JWT_SECRET, feed_settings, token
 from tests.test_api_process import env_for
@@ -45,6 +45,7 @@ return {
   unread: rows.filter((n) => n.classList.contains('unread')).map((n) => n.dataset.id),
   status: document.getElementById('status').textContent,
   error: document.getElementById('error').textContent,
+  older: getComputedStyle(document.getElementById('more')).display !== 'none',
 };
 """
 # How often the page has read the feed (GET /v1/me/feed): a resume reads none.
@@ -435,4 +436,22 @@ async def test_after_503s_the_page_reopens_its_stream_from_its_cursor(
         assert await tab.do(lambda d: d.execute_script(FEED_READS)) == 1
         await send_inapp(db, ["n-4"], add_user=False)
         await tab.until("live again", shows(["n-4", "n-3", "n-2", "n-1"], 3, ["n-4", "n-3", "n-1"]))
+    assert script_errors(browser) == []
+
+
+async def test_older_items_come_a_page_at_a_time(
+    api: RunningAPI, db: Database, browser: Any
+) -> None:
+    await sent_inapp(db.store, [f"n-{i:02}" for i in range(1, 23)])  # 22: a page of 20, then 2
+    tab = first_tab(browser)
+    await tab.open(f"{api.base}/inbox#token={token()}")
+    newest = [f"n-{i:02}" for i in range(22, 2, -1)]
+    state = await tab.until("the first page", lambda s: shows(newest, 22)(s) and live(s))
+    assert state["older"]
+    await tab.do(lambda d: d.find_element(By.ID, "more").click())
+    everything = [*newest, "n-02", "n-01"]
+    state = await tab.until("the older items below", shows(everything, 22))
+    assert not state["older"]
+    await sent_inapp(db.store, ["n-23"])
+    await tab.until("a new one on top", shows(["n-23", *everything], 23))
     assert script_errors(browser) == []
