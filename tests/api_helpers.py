@@ -89,7 +89,10 @@ class RunningAPI:
 
 
 @asynccontextmanager
-async def running_api(db: Database, settings: Settings) -> AsyncIterator[RunningAPI]:
+async def running_api(
+    db: Database, settings: Settings, *, port: int = 0
+) -> AsyncIterator[RunningAPI]:
+    """The API on 127.0.0.1:`port` (0: any free port) for the block, with its feeds' hub."""
     projector = Projector(
         db=db, projections=default_projections(db, settings), settings=settings.projections
     )
@@ -103,7 +106,7 @@ async def running_api(db: Database, settings: Settings) -> AsyncIterator[Running
     async with (
         running_feeds(feeds, stop),
         serving(
-            app, host="127.0.0.1", port=0, settings=settings.api, setting="api.addr",
+            app, host="127.0.0.1", port=port, settings=settings.api, setting="api.addr",
             what="the API", stop=stop,
         ) as (host, port),
     ):  # fmt: skip

@@ -374,7 +374,7 @@ async def test_the_served_inbox_shows_the_feed_live_and_marks_read_in_chromium(
     assert await asyncio.to_thread(item_ids) == ["n-1"]
 
     await send_inapp(db, ["n-2"], add_user=False)
-    await wait_for(lambda: badge_is("2"), "the new item to arrive live", 5)
+    await wait_for(lambda: badge_is("2"), "the new item to arrive live", 2)
     assert await asyncio.to_thread(item_ids) == ["n-2", "n-1"]
 
     def click_mark_read() -> None:
