@@ -15,7 +15,7 @@ INBOX_MEDIA_TYPE = "text/html; charset=utf-8"
 # comes from the same origin.
 INBOX_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
 
