@@ -379,7 +379,8 @@ class FeedHub:
         """
         if not self._ready.is_set() and not self.stopping and not self._outage.active:
             with contextlib.suppress(TimeoutError):  # starting: wait a moment for it
-                await asyncio.wait_for(self._ready.wait(), self._start_wait)
+                async with asyncio.timeout(self._start_wait):
+                    await self._ready.wait()
         self._check_following()
         assert self.cursor is not None
         registered_at = self.cursor  # every event after it reaches the queue from now on

@@ -130,8 +130,12 @@ class Presence:
         full = True  # the first write says everything this process holds
         while True:
             timeout = max(next_beat - loop.time(), 0.0)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a
+            # cancel that comes as the wake-up does (a connection closing as the
+            # hub stops), and the hub would wait on this task for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             if self._wake.is_set():
                 await asyncio.sleep(self._flush_every)  # gather a burst of connects into one write
             self._wake.clear()
