@@ -15,16 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from tests.api_helpers import RunningAPI, running_api
+from tests.cli import tidings
 from tests.feed_helpers import sent_inapp
-from tests.ops_helpers import wait_for
+from tests.ops_helpers import free_port, running, serving, wait_for
 from tests.outage_helpers import ThrowawayPostgres, throwaway_pg  # noqa: F401 (fixture)
-from tests.test_api_feeds import PROBLEM, token
+from tests.test_api_feeds import HMAC_SECRET, PROBLEM, token
+from tests.test_api_process import env_for
 from tests.test_feed_transports import metrics_of, settings_with, ws_url
 from tidings.config import DatabaseSettings
 from tidings.eventstore import Database, open_database
+from tidings.feeds.hub import FeedHub, StreamClosed
+from tidings.feeds.runtime import FeedRuntime
 
 TIMEOUT = 20.0
 
@@ -225,3 +230,95 @@ async def test_streams_answer_503_while_the_hub_cannot_start_and_work_once_it_do
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_two_serve_processes_a_user_on_both_and_one_killed(
+    conninfo: str, db: Database, tmp_path: Path
+) -> None:
+    """Real `tidings serve` processes: presence shows the user on both; after a SIGKILL
+    the dead one expires within three heartbeats, and the device that was on it
+    resumes on the live one by its cursor, losing nothing."""
+    env = env_for(conninfo, tmp_path, TIDINGS_END_USERS_HMAC_SECRET=HMAC_SECRET,
+                  TIDINGS_INAPP_PRESENCE_HEARTBEAT="1s")  # fmt: skip
+    made = tidings("apikeys", "create", "--instance", "acme", "--scope", "notifications:read",
+                   env=env)  # fmt: skip
+    key = made.stdout.splitlines()[-1]
+    ports = [free_port(), free_port()]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    with (
+        running(["serve", "--addr", f"127.0.0.1:{ports[0]}"], env, tmp_path / "one") as one,
+        running(["serve", "--addr", f"127.0.0.1:{ports[1]}"], env, tmp_path / "two") as two,
+    ):
+        await serving(bases[0], one)
+        await serving(bases[1], two)
+        urls = [b.replace("http://", "ws://") + f"/v1/me/ws?token={token()}" for b in bases]
+        async with httpx.AsyncClient(
+            base_url=bases[1], headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as operator:
+
+            async def where() -> dict[str, Any]:
+                answer = await operator.get("/v1/presence/user-ada")
+                assert answer.status_code == 200, answer.text
+                body: dict[str, Any] = answer.json()
+                return body
+
+            async def pids_are(pids: set[int]) -> bool:
+                return {p["pid"] for p in (await where())["processes"]} == pids
+
+            async with connect(urls[0]) as phone, connect(urls[1]) as laptop:
+                await wait_for(
+                    lambda: pids_are({one.proc.pid, two.proc.pid}), "ada on both", TIMEOUT
+                )
+                [first] = await sent_inapp(db.store, ["n-1"])
+                for device in (phone, laptop):
+                    got = json.loads(await asyncio.wait_for(device.recv(), TIMEOUT))
+                    assert (got["event"], got["id"]) == ("message", first.position)
+                one.proc.kill()  # no goodbye: its rows stay until they expire
+                one.proc.wait(timeout=10)
+                await sent_inapp(db.store, ["n-2"])
+                await wait_for(lambda: pids_are({two.proc.pid}), "the dead process to expire", 30)
+                # The phone lost its server; it resumes on the live one from its cursor.
+                async with connect(urls[1] + f"&after={first.position}") as again:
+                    got = json.loads(await asyncio.wait_for(again.recv(), TIMEOUT))
+                assert got["data"]["id"] == "n-2"
+        assert two.stop() == 0, two.stderr()
+    assert "Traceback" not in two.stderr()
+
+
+async def test_a_hub_that_fails_closes_its_streams_with_a_reason_and_starts_again(
+    db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the hub (injected: its read fails once while a stream is open) ends
+    the streams with `hub_failed`; the runtime starts the hub again and the client
+    resumes from its cursor without losing the item."""
+
+    class FailsOnce(FeedHub):
+        failed = False
+
+        async def catch_up(self) -> bool:
+            if self.connected() and not self.failed:
+                self.failed = True
+                raise RuntimeError("an injected bug in the hub")
+            return await super().catch_up()
+
+    runtime = FeedRuntime(db=db, settings=settings_with(tmp_path))
+    runtime.hub = FailsOnce(store=db.store, conninfo=db.conninfo, metrics=runtime.metrics)
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    try:
+        sub = await runtime.hub.subscribe("acme", "user-ada", after=None)
+        start = sub.last
+        [sent] = await sent_inapp(db.store, ["n-1"])
+        with pytest.raises(StreamClosed) as caught:
+            await asyncio.wait_for(anext(sub), TIMEOUT)
+        assert caught.value.reason == "hub_failed" and caught.value.resume_after == start
+        again = await runtime.hub.subscribe("acme", "user-ada", after=start)  # waits for it
+        event = await asyncio.wait_for(anext(again), TIMEOUT)
+        assert (event.kind, event.position) == ("message", sent.position)
+        await again.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, TIMEOUT)
+        await runtime.close()
+    failed = [r for r in caplog.records if "the feed hub failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
