@@ -178,7 +178,7 @@ async def test_the_server_pings_an_idle_websocket(db: Database, tmp_path: Path) 
     handler = Frames()
     logger.addHandler(handler)
     try:
-        settings = settings_with(tmp_path, heartbeat=timedelta(milliseconds=300))
+        settings = settings_with(tmp_path, heartbeat=timedelta(seconds=1))
         async with (
             running_api(db, settings) as api,
             connect(ws_url(api, token=token()), logger=logger, ping_interval=None) as conn,

@@ -358,11 +358,6 @@ class FeedHub:
         """Every (instance, user) with a connection on this process."""
         return list(self._subs)
 
-    @property
-    def following(self) -> bool:
-        """Whether the hub follows the log: new streams are taken."""
-        return self._ready.is_set() and not self._outage.active and not self.stopping
-
     # --- subscribing ------------------------------------------------------------
 
     async def subscribe(
