@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -190,9 +191,11 @@ async def test_the_hub_counts_what_it_fans_out_resets_and_its_lag(
 async def test_streams_answer_503_while_the_hub_cannot_start_and_work_once_it_does(
     throwaway_pg: ThrowawayPostgres,  # noqa: F811
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The database is down when the server starts: the hub retries; meanwhile the
     stream, the poll and the WebSocket say so at once instead of waiting for ever."""
+    caplog.set_level(logging.INFO, logger="tidings.feeds")
     settings = settings_with(tmp_path)
     async with open_database(DatabaseSettings(url=throwaway_pg.conninfo)) as db:
         throwaway_pg.stop()
@@ -226,6 +229,9 @@ async def test_streams_answer_503_while_the_hub_cannot_start_and_work_once_it_do
                     "/v1/me/poll", params={"token": token(), "after": 0, "wait": "5"}
                 )
                 assert [e["event"] for e in answer.json()["events"]] == ["message", "counts"]
+    said = [r.getMessage() for r in caplog.records if r.name == "tidings.feeds"]
+    assert any(m.startswith("feed hub: the database is unreachable since") for m in said)
+    assert any(m.startswith("feed hub: the database is reachable again") for m in said)
 
 
 async def _true(value: bool) -> bool:
