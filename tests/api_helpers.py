@@ -90,24 +90,24 @@ class RunningAPI:
 
 @asynccontextmanager
 async def running_api(
-    db: Database, settings: Settings, *, port: int = 0
+    db: Database, settings: Settings, *, port: int = 0, metrics: Metrics | None = None
 ) -> AsyncIterator[RunningAPI]:
-    """The API on 127.0.0.1:`port` (0: any free port) for the block, with its feeds' hub."""
     projector = Projector(
         db=db, projections=default_projections(db, settings), settings=settings.projections
     )
+    metrics = metrics or Metrics()
     operations = Operations(
-        db=db, metrics=Metrics(), projector=projector, ready_max_projector_lag=timedelta(0)
+        db=db, metrics=metrics, projector=projector, ready_max_projector_lag=timedelta(0)
     )
     state = ApiState.from_settings(db=db, settings=settings)
-    feeds = FeedRuntime(db=db, settings=settings)
+    feeds = FeedRuntime(db=db, settings=settings, metrics=metrics)
     app = create_app(api=state, operations=operations, feeds=feeds)
     stop = asyncio.Event()  # as `tidings serve`: the streams end before the drain
     async with (
         running_feeds(feeds, stop),
         serving(
             app, host="127.0.0.1", port=port, settings=settings.api, setting="api.addr",
-            what="the API", stop=stop,
+            what="the API", stop=stop, ws_heartbeat=settings.inapp.heartbeat.total_seconds(),
         ) as (host, port),
     ):  # fmt: skip
         try:

@@ -28,6 +28,11 @@ CANCEL_REASONS = tuple(reason.value for reason in CancelReason)
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # From due to claimed: milliseconds when workers keep up, minutes when they do not.
 PICKUP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+# From a feed event's append to the hub handing it to the connections: a few
+# milliseconds after a wake-up, up to inapp.poll_every without one, more behind
+# a long transaction (the horizon) or during an outage.
+FANOUT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FEED_TRANSPORTS = ("sse", "ws", "poll")
 
 
 class Metrics:
@@ -111,6 +116,43 @@ class Metrics:
             "1 when the database answered the last scrape's queries in time, else 0.",
             registry=r,
         )
+        self.feed_connections = Gauge(
+            "tidings_feed_connections",
+            "End users' live connections this serve process holds, by transport "
+            "(sse, ws, poll: a long-poll while it waits).",
+            ["transport"],
+            registry=r,
+        )
+        self.feed_fanned_out = Counter(
+            "tidings_feed_events_fanned_out_total",
+            "Feed messages (items, marks, counts) the hub handed to this process's connections.",
+            registry=r,
+        )
+        self.feed_slow_consumers = Counter(
+            "tidings_feed_slow_consumers_total",
+            "Connections closed because they could not keep up (inapp.queue_size events "
+            "were waiting); each resumes from its last position.",
+            registry=r,
+        )
+        self.feed_resets = Counter(
+            "tidings_feed_resets_total",
+            "Streams resumed from a cursor older than the feed keeps (or not this log's), "
+            "told to read the feed again.",
+            registry=r,
+        )
+        self.feed_fanout_lag = Histogram(
+            "tidings_feed_fanout_lag_seconds",
+            "From a feed event's append to the hub reading it for its connections.",
+            buckets=FANOUT_BUCKETS,
+            registry=r,
+        )
+        self.feed_hub_up = Gauge(
+            "tidings_feed_hub_up",
+            "1 while this serve process's feed hub follows the log (streams and polls "
+            "are served), else 0 (they answer 503).",
+            registry=r,
+        )
+        self._feed_connections = {t: self.feed_connections.labels(t) for t in FEED_TRANSPORTS}
         # Children bound once and kept: labels() costs several times what inc() does,
         # and every notification passes here. The label values are few (outcomes,
         # channel names, message types), so the caches stay small.
@@ -147,6 +189,11 @@ class Metrics:
         histogram.observe(max(seconds, 0.0))
         if lease_expired:
             (self._expiries.get(kind) or self.lease_expiries.labels(kind)).inc()
+
+    def feed_connection(self, transport: str, change: int) -> None:
+        """A connection of `transport` opened (+1) or closed (-1)."""
+        child = self._feed_connections.get(transport) or self.feed_connections.labels(transport)
+        child.inc(change)
 
     def queue_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
         """Set the queue gauges from PendingQueue.counts(); a kind not listed has none."""

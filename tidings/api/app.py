@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from tidings import __version__
-from tidings.api import events, me, notifications
+from tidings.api import events, me, notifications, presence
 from tidings.api.health import Operations, operations_router
 from tidings.api.limits import BodyLimits
 from tidings.api.problems import install_problem_handlers, problems_only_as_problem_json
@@ -50,6 +50,7 @@ def _api_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(notifications.router)
     app.include_router(me.router)
+    app.include_router(presence.router)
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -7,8 +7,8 @@ random 256-bit key needs no slow hash: nobody can guess one from its digest.
 
 Scopes: events:write (POST /v1/events), events:read (GET /v1/events),
 notifications:write (POST /v1/notifications, cancel), notifications:read
-(GET /v1/notifications...). A key belongs to one instance (tenant) and sees
-only that instance's data.
+(GET /v1/notifications..., GET /v1/presence/{user_id}). A key belongs to one
+instance (tenant) and sees only that instance's data.
 """
 
 from __future__ import annotations

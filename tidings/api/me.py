@@ -5,34 +5,51 @@ These routes take the end user's token (`Authorization: Bearer <token>`, or
 says whose feed it is (see tidings.feeds.end_users). No token or a bad one is
 401, keys that cannot be fetched 503, another user's item 404. `/inbox` is
 the page that uses them.
+
+The live transports (SSE /v1/me/stream, WebSocket /v1/me/ws, long-poll
+/v1/me/poll) answer 503 (the WebSocket closes with 1013) while this server's
+feed hub does not follow the log, and say why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
 from fastapi.responses import StreamingResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from tidings.api.problems import Problem, problem_responses
 from tidings.eventstore import DatabaseUnavailable
 from tidings.feeds.end_users import EndUser, KeysUnavailable, token_from
 from tidings.feeds.engagement import Action
 from tidings.feeds.errors import AuthError, FeedBusy, FeedItemNotFound, InvalidCursor
+from tidings.feeds.hub import HubUnavailable, StreamClosed, Subscription
 from tidings.feeds.operations import MAX_LIMIT, Filter, feed_counts, list_feed, mark, read_all
 from tidings.feeds.page import INBOX_CSP, INBOX_MEDIA_TYPE, inbox_html
 from tidings.feeds.runtime import FeedRuntime
-from tidings.feeds.streams import long_poll, parse_after, sse_stream
+from tidings.feeds.streams import Closing, long_poll, parse_after, sse_stream, ws_text
 
+log = logging.getLogger("tidings.api")
 router = APIRouter(tags=["end user"])
-MAX_WAIT = 60.0  # seconds a long-poll may hold
 _WAIT = re.compile(r"^(\d{1,3}(?:\.\d+)?)s?$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidings-end-users"'}
 _RESPONSES = problem_responses(
     (401, "No end-user token, or one that is not valid"),
     (404, "No such item in this user's feed"),
     (503, "The keys that verify tokens cannot be fetched, or the database is down"),
+)
+_LIVE_RESPONSES = problem_responses(
+    (401, "No end-user token, or one that is not valid"),
+    (
+        503,
+        "The keys that verify tokens cannot be fetched, or this server's feed hub does "
+        "not follow the log right now (starting, database down, shutting down)",
+    ),
 )
 
 
@@ -67,6 +84,10 @@ def _unavailable(exc: DatabaseUnavailable) -> Problem:
     return Problem(
         503, f"the database is unavailable ({exc}); try again", headers={"Retry-After": "2"}
     )
+
+
+def _hub_unavailable(exc: HubUnavailable) -> Problem:
+    return Problem(503, str(exc), headers={"Retry-After": "2"})
 
 
 @router.get(
@@ -205,7 +226,7 @@ def _after(last_event_id: str | None, after: str | None) -> int | None:
 @router.get(
     "/v1/me/stream",
     responses={
-        **_RESPONSES,
+        **_LIVE_RESPONSES,
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
     },
     response_class=StreamingResponse,
@@ -224,11 +245,15 @@ async def get_stream(
     with `Last-Event-ID` (or `?after=`) to get everything after it, then live:
     no gap, no duplicate. `event: reset` means the position is older than the
     retention: fetch the feed again. `event: closed` says why the server ended
-    the stream (too slow, shutting down) and where to resume.
+    the stream (too slow, shutting down) and where to resume. 503 while this
+    server cannot stream (its feed hub does not follow the log).
     """
     runtime = runtime_of(request)
     position = _after(last_event_id, after)
-    sub = await runtime.hub.subscribe(user.instance_id, user.user_id, after=position)
+    try:
+        sub = await runtime.hub.subscribe(user.instance_id, user.user_id, after=position)
+    except HubUnavailable as exc:
+        raise _hub_unavailable(exc) from None
     return StreamingResponse(
         sse_stream(sub, heartbeat=runtime.settings.inapp.heartbeat.total_seconds()),
         media_type="text/event-stream",
@@ -236,37 +261,151 @@ async def get_stream(
     )
 
 
-def _wait(text: str) -> float:
+def _wait(text: str, longest: float) -> float:
     found = _WAIT.match(text.strip())
     if found is None:
         raise Problem(400, f"wait must be seconds like 25 or 25s, got {text[:20]!r}")
-    return min(float(found.group(1)), MAX_WAIT)
+    return min(float(found.group(1)), longest)
 
 
 @router.get(
     "/v1/me/poll",
-    responses={**_RESPONSES, 204: {"description": "Nothing arrived"}},
+    responses={**_LIVE_RESPONSES, 204: {"description": "Nothing arrived"}},
     summary="Long-poll: the events after a position, or 204",
 )
 async def get_poll(
     request: Request,
     user: EndUser = Depends(end_user),  # noqa: B008
     after: str | None = Query(None, description="The last position received"),
-    wait: str = Query("25s", description=f"How long to hold, at most {MAX_WAIT:.0f}s"),
+    wait: str = Query(
+        "25s", description="How long to hold; at most inapp.max_poll_wait (60s by default)"
+    ),
 ) -> Any:
     """The user's events after `after` at once, or as they arrive within `wait`, or 204.
 
     The same events as the stream (`{"event", "id", "data"}`); poll again with
-    `after` = the answer's `after`.
+    `after` = the answer's `after`. A longer `wait` than the server's
+    inapp.max_poll_wait is cut to it. 503 while this server cannot stream.
     """
     runtime = runtime_of(request)
     position = _after(None, after)
-    got = await long_poll(
-        runtime.hub, user.instance_id, user.user_id, after=position, wait=_wait(wait)
+    longest = runtime.settings.inapp.max_poll_wait.total_seconds()
+    seconds = _wait(wait, longest)
+    polling = asyncio.create_task(
+        long_poll(runtime.hub, user.instance_id, user.user_id, after=position, wait=seconds)
     )
+    gone = asyncio.create_task(_until_disconnected(request))
+    try:
+        await asyncio.wait({polling, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not polling.done():  # the client went away: let go of its subscription now
+            polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+    if polling.cancelled():
+        return Response(status_code=204)  # nobody reads it
+    try:
+        got = polling.result()
+    except HubUnavailable as exc:
+        raise _hub_unavailable(exc) from None
     if not got:
         return Response(status_code=204)
     return {"events": [e.to_json() for e in got], "after": got[-1].position}
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client of a held request goes away (a GET has no body to read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.websocket("/v1/me/ws")
+async def ws_stream(websocket: WebSocket) -> None:
+    """The user's feed, live, over a WebSocket: the same messages as the SSE stream.
+
+    Each message is one JSON object `{"event", "id", "data"}` (event: message,
+    state, counts, reset; id: the position). `?after=` resumes; the token comes
+    as `?token=` (a browser cannot set headers on a WebSocket) or
+    `Authorization: Bearer`. The server pings every inapp.heartbeat. It ends
+    the stream with a `closed` message saying why and where to resume, then a
+    close frame: 1008 for a missing or bad token or cursor (fix it first),
+    1012 when the server shuts down, 1013 when the client was too slow or the
+    server cannot stream right now (resume in a moment). Messages from the
+    client are ignored.
+    """
+    runtime: FeedRuntime = websocket.app.state.feeds
+    params = websocket.query_params
+    await websocket.accept()
+    try:
+        user = await runtime.auth.authenticate(
+            token_from(websocket.headers.get("authorization"), params.get("token"))
+        )
+    except AuthError as exc:
+        await _ws_close(websocket, Closing("unauthorized", str(exc)))
+        return
+    except KeysUnavailable:
+        detail = "the keys that verify end-user tokens cannot be fetched right now; try again"
+        await _ws_close(websocket, Closing("keys_unavailable", detail))
+        return
+    try:
+        position = parse_after(None, params.get("after"))
+    except ValueError as exc:
+        detail = f"{exc}: send a position this API handed out"
+        await _ws_close(websocket, Closing("bad_cursor", detail))
+        return
+    try:
+        sub = await runtime.hub.subscribe(
+            user.instance_id, user.user_id, after=position, transport="ws"
+        )
+    except HubUnavailable as exc:
+        await _ws_close(websocket, Closing(exc.reason or "unavailable", str(exc), position))
+        return
+    await _ws_pump(websocket, sub)
+
+
+async def _ws_pump(websocket: WebSocket, sub: Subscription) -> None:
+    """Send the subscription's events until it closes or the client goes; then let go."""
+    sending = asyncio.create_task(_ws_send(websocket, sub))
+    receiving = asyncio.create_task(_ws_until_gone(websocket))
+    try:
+        await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, receiving):
+            task.cancel()
+        for task in (sending, receiving):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, OSError):
+                await task
+        await sub.close()
+
+
+async def _ws_send(websocket: WebSocket, sub: Subscription) -> None:
+    while True:
+        try:
+            event = await anext(sub)
+        except StreamClosed as closed:
+            await _ws_close(websocket, Closing.of(closed))
+            return
+        await websocket.send_text(ws_text(event.to_json()))
+
+
+async def _ws_until_gone(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, until it goes."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+async def _ws_close(websocket: WebSocket, closing: Closing) -> None:
+    """The last `closed` message, then the close frame with its code and reason."""
+    if websocket.application_state != WebSocketState.CONNECTED:
+        return
+    with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+        await websocket.send_text(ws_text(closing.message()))
+        await websocket.close(closing.code, closing.frame_reason)
 
 
 @router.get("/inbox", include_in_schema=False)

@@ -72,12 +72,15 @@ async def serving(
     setting: str,
     what: str,
     stop: asyncio.Event | None = None,
+    ws_heartbeat: float | None = None,
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve `app` on host:port for the block; yields the bound (host, port).
 
     Leaving the block (or `stop` being set, when given) drains the requests in
     flight within api.shutdown_timeout, then closes. `what` and `setting` name
-    the server and its address setting in errors and logs.
+    the server and its address setting in errors and logs. WebSockets are
+    pinged every `ws_heartbeat` seconds (None: never) and closed when a pong
+    does not come within as long again.
     """
     sock = bind(host, port, setting=setting, what=what)
     bound = (host, int(sock.getsockname()[1]))
@@ -91,6 +94,14 @@ async def serving(
         limit_concurrency=settings.max_concurrency,
         timeout_graceful_shutdown=max(int(settings.shutdown_timeout.total_seconds()), 1),
         h11_max_incomplete_event_size=64 * 1024,  # request line and headers
+        # WebSockets (the end user's /v1/me/ws) through the `websockets` library:
+        # pinged so idle proxies keep them, no compression (its per-connection
+        # buffers cost more than the small messages save), small client messages.
+        ws="websockets-sansio",
+        ws_ping_interval=ws_heartbeat,
+        ws_ping_timeout=ws_heartbeat,
+        ws_per_message_deflate=False,
+        ws_max_size=64 * 1024,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn {what}")

@@ -102,7 +102,7 @@ async def serve_api(
     operations = make_operations(
         db, settings, metrics or Metrics(), projector, stop, check_lag=False
     )
-    feeds = FeedRuntime(db=db, settings=settings)
+    feeds = FeedRuntime(db=db, settings=settings, metrics=operations.metrics)
     app = create_app(
         api=ApiState.from_settings(db=db, settings=settings), operations=operations, feeds=feeds
     )
@@ -116,6 +116,7 @@ async def serve_api(
             stop=stop,
             setting=ADDR_SETTING,
             what="the API",
+            ws_heartbeat=settings.inapp.heartbeat.total_seconds(),
         ) as bound,
     ):
         yield bound

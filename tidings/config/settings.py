@@ -398,6 +398,12 @@ class InAppSettings(_Section):
     queue_size: int = Field(default=256, ge=1)
     poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     heartbeat: Duration = Field(default_factory=lambda: timedelta(seconds=15))
+    max_poll_wait: Annotated[Duration, within("1s", "10m")] = Field(
+        default_factory=lambda: timedelta(seconds=60)
+    )
+    presence_heartbeat: Annotated[Duration, within("1s", "5m")] = Field(
+        default_factory=lambda: timedelta(seconds=10)
+    )
 
 
 class Settings(BaseSettings):

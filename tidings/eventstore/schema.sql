@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0009 applied).
+-- (migrations 0001..0010 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -696,6 +696,35 @@ CREATE TABLE tidings.feed_items (
 
 
 --
+-- Name: feed_presence; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.feed_presence (
+    instance_id text NOT NULL,
+    user_id text NOT NULL,
+    process_id text NOT NULL,
+    connections integer NOT NULL,
+    transports jsonb NOT NULL,
+    since timestamp with time zone NOT NULL,
+    CONSTRAINT feed_presence_connections_check CHECK ((connections > 0))
+);
+
+
+--
+-- Name: feed_processes; Type: TABLE; Schema: tidings; Owner: -
+--
+
+CREATE TABLE tidings.feed_processes (
+    process_id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    heartbeat_at timestamp with time zone NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+
+--
 -- Name: pending_from_log; Type: VIEW; Schema: tidings; Owner: -
 --
 
@@ -881,6 +910,22 @@ ALTER TABLE ONLY tidings.feed_items
 
 
 --
+-- Name: feed_presence feed_presence_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.feed_presence
+    ADD CONSTRAINT feed_presence_pkey PRIMARY KEY (instance_id, user_id, process_id);
+
+
+--
+-- Name: feed_processes feed_processes_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.feed_processes
+    ADD CONSTRAINT feed_processes_pkey PRIMARY KEY (process_id);
+
+
+--
 -- Name: pending_notifications pending_notifications_pkey; Type: CONSTRAINT; Schema: tidings; Owner: -
 --
 
@@ -991,6 +1036,20 @@ CREATE INDEX feed_items_user ON tidings.feed_items USING btree (instance_id, use
 
 
 --
+-- Name: feed_presence_process; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX feed_presence_process ON tidings.feed_presence USING btree (process_id);
+
+
+--
+-- Name: feed_processes_expires_at; Type: INDEX; Schema: tidings; Owner: -
+--
+
+CREATE INDEX feed_processes_expires_at ON tidings.feed_processes USING btree (expires_at);
+
+
+--
 -- Name: pending_notifications_claim; Type: INDEX; Schema: tidings; Owner: -
 --
 
@@ -1019,6 +1078,14 @@ CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events FOR E
 
 
 --
+-- Name: feed_presence feed_presence_process_id_fkey; Type: FK CONSTRAINT; Schema: tidings; Owner: -
+--
+
+ALTER TABLE ONLY tidings.feed_presence
+    ADD CONSTRAINT feed_presence_process_id_fkey FOREIGN KEY (process_id) REFERENCES tidings.feed_processes(process_id) ON DELETE CASCADE;
+
+
+--
 -- PostgreSQL database dump complete
 --
 
@@ -1032,4 +1099,5 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (6, 'audit_lookups', 'f123ead9a1e773054cbb48109c9231f136c7f161a64198e1fe12fcabaef73e7b'),
     (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146'),
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
-    (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98');
+    (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
+    (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4');

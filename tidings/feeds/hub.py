@@ -18,6 +18,12 @@ gets an explicit reset: the client reads the feed again.
 
 A connection whose queue is full is too slow to keep up: it is closed with a
 reason (SlowConsumer) and resumes from its last position, losing nothing.
+
+While the hub does not follow the log (it has not read its starting point yet,
+or the database stopped answering it) a new subscription is refused with
+HubUnavailable (the routes answer 503); the connections it holds keep their
+streams and get what they missed once the database answers. Who is connected
+is shared with the other serve processes through tidings.feeds.presence.
 """
 
 from __future__ import annotations
@@ -26,23 +32,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from psycopg_pool import AsyncConnectionPool
 
 from tidings.eventstore import DatabaseUnavailable, EventStore, WakeUp, wakeups
 from tidings.eventstore.errors import translated_errors
+from tidings.eventstore.outage import Outage
 from tidings.feeds.engagement import MARKS
 from tidings.feeds.errors import FeedError
 from tidings.feeds.sql import query
+from tidings.metrics import Metrics
 from tidings.notification.events import SENT
+
+if TYPE_CHECKING:
+    from tidings.feeds.presence import Presence
 
 log = logging.getLogger("tidings.feeds")
 
 StreamKind = Literal["message", "state", "counts", "reset"]
+Transport = Literal["sse", "ws", "poll"]
 FEED_EVENT_TYPES = frozenset({SENT, *MARKS})
 _CLOSED = object()
 
@@ -75,6 +89,13 @@ class StreamClosed(FeedError):
 
 class SlowConsumer(StreamClosed):
     """The connection could not keep up with its events; resume from the last position."""
+
+
+class HubUnavailable(FeedError):
+    """This serve process cannot stream right now (its hub does not follow the log); retry."""
+
+    fields: ClassVar[tuple[str, ...]] = ("reason",)
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,8 @@ class Subscription:
     hub: FeedHub
     instance_id: str
     user_id: str
+    transport: Transport
+    connected_at: datetime
     last: int  # the last position handed to the consumer (or its starting cursor)
     queue: asyncio.Queue[Any]
     registered_at: int  # the hub's cursor when it registered: later events are queued
@@ -170,6 +193,7 @@ class Subscription:
     checked: bool = False  # whether the resume position was checked against the feed
     reset: bool = False
     closed: StreamClosed | None = None
+    registered: bool = True  # counted in the hub's connections (gauge, presence)
     # Set once the backfill is read (at once without one): from then on, live.
     live: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: list[StreamEvent] = field(default_factory=list)
@@ -221,10 +245,19 @@ class Subscription:
         """
         after = self.backfill_from
         assert after is not None
-        page = await self.hub.read_user_events(self.instance_id, self.user_id, after)
+        try:
+            page = await self.hub.read_user_events(self.instance_id, self.user_id, after)
+        except DatabaseUnavailable as exc:
+            self.hub._unregister(self)
+            raise StreamClosed(
+                f"the database is unavailable ({exc}); resume from your last position "
+                "in a few seconds",
+                reason="database_unavailable",
+            ) from None
         if not self.checked:
             self.checked = True
             if after < page.pruned_through or after > page.last_position:
+                self.hub.metrics.feed_resets.inc()
                 self.reset = True
                 self.last = self.registered_at
                 self.backfill_from = None
@@ -279,8 +312,14 @@ class FeedHub:
         queue_size: int = 256,
         poll_every: float = 1.0,
         batch: int = 500,
+        metrics: Metrics | None = None,
+        presence: Presence | None = None,
+        start_wait: float = 5.0,
     ) -> None:
         self._store = store
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.presence = presence
+        self._start_wait = start_wait  # how long a new connection waits for the hub
         self._conninfo = conninfo
         self.queue_size = queue_size
         self._poll_every = poll_every
@@ -295,6 +334,11 @@ class FeedHub:
         self._asks: list[_Ask] = []
         self._asked = asyncio.Event()
         self.dropped_slow = 0
+        self.stopping = False
+        self._outage = Outage(
+            "feed hub", retried="new streams and polls are answered 503 meanwhile; "
+            "open ones get what they missed once it answers", logger=log,
+        )  # fmt: skip
 
     # --- presence ---------------------------------------------------------------
 
@@ -306,40 +350,86 @@ class FeedHub:
         """How many connections this process holds in all."""
         return sum(len(subs) for subs in self._subs.values())
 
+    def user_connections(self, instance_id: str, user_id: str) -> list[Subscription]:
+        """This process's connections of the user (for presence)."""
+        return list(self._subs.get((instance_id, user_id), ()))
+
+    def users(self) -> list[tuple[str, str]]:
+        """Every (instance, user) with a connection on this process."""
+        return list(self._subs)
+
     # --- subscribing ------------------------------------------------------------
 
-    async def subscribe(self, instance_id: str, user_id: str, *, after: int | None) -> Subscription:
+    async def subscribe(
+        self, instance_id: str, user_id: str, *, after: int | None, transport: Transport = "sse"
+    ) -> Subscription:
         """A stream of the user's feed after position `after` (None: from now on).
 
         Use it as an async iterator; call close() when the connection ends.
         Registering costs no query: the backfill (and the check that `after`
         can be resumed from) is read when the stream is first read, so a storm
         of reconnects is limited by how fast the clients read, not by the hub.
+        Raises HubUnavailable when the hub does not follow the log (not
+        started within `start_wait` seconds, the database away, stopping).
         """
-        await self._ready.wait()
+        if not self._ready.is_set() and not self.stopping and not self._outage.active:
+            with contextlib.suppress(TimeoutError):  # starting: wait a moment for it
+                async with asyncio.timeout(self._start_wait):
+                    await self._ready.wait()
+        self._check_following()
         assert self.cursor is not None
         registered_at = self.cursor  # every event after it reaches the queue from now on
         sub = Subscription(
             hub=self,
             instance_id=instance_id,
             user_id=user_id,
+            transport=transport,
+            connected_at=datetime.now(UTC),
             last=registered_at if after is None else after,
             queue=asyncio.Queue(self.queue_size),
             registered_at=registered_at,
             backfill_from=after,
         )
         self._subs[(instance_id, user_id)].add(sub)
+        self.metrics.feed_connection(transport, +1)
+        if self.presence is not None:
+            self.presence.changed(instance_id, user_id)
         if after is None:
             sub.live.set()
         return sub
 
+    def _check_following(self) -> None:
+        if self.stopping:
+            raise HubUnavailable(
+                "this server is shutting down; connect again (to another server)",
+                reason="shutting_down",
+            )
+        if self._outage.active:
+            raise HubUnavailable(
+                "the feed hub cannot read the log: the database is unavailable; "
+                "try again in a few seconds",
+                reason="database_unavailable",
+            )
+        if not self._ready.is_set():
+            raise HubUnavailable(
+                "the feed hub of this server is not running yet (it cannot read its "
+                "starting point from the database); try again in a few seconds",
+                reason="hub_not_running",
+            )
+
     def _unregister(self, sub: Subscription) -> None:
+        if not sub.registered:
+            return
+        sub.registered = False
         key = (sub.instance_id, sub.user_id)
         subs = self._subs.get(key)
         if subs is not None:
             subs.discard(sub)
             if not subs:
                 del self._subs[key]
+        self.metrics.feed_connection(sub.transport, -1)
+        if self.presence is not None:
+            self.presence.changed(sub.instance_id, sub.user_id)
 
     async def read_user_events(self, instance_id: str, user_id: str, after: int) -> _Page:
         """One page of a user's feed events after `after`, below the horizon.
@@ -426,21 +516,34 @@ class FeedHub:
         )
         await reader.open(wait=False)
         self._reader = reader
+        self.stopping = False
+        why, code = "the server is shutting down", "shutting_down"
         try:
             async with asyncio.TaskGroup() as group:
                 helpers = [
                     group.create_task(self._listen()),
                     group.create_task(self._serve_backfills()),
                 ]
+                if self.presence is not None:
+                    helpers.append(group.create_task(self.presence.run(self)))
                 try:
                     await self._follow(stop)
+                except BaseException:
+                    why, code = "the feed hub of this server failed", "hub_failed"
+                    raise
                 finally:
                     for helper in helpers:
                         helper.cancel()
         finally:
-            self._close_all("the server is shutting down")
+            self.stopping = stop.is_set()
+            self._ready.clear()
+            self.cursor = None
+            self.metrics.feed_hub_up.set(0)
+            self._close_all(why, code)
             self._reader = None
             await reader.close()
+            if self.presence is not None:
+                await self.presence.leave()
 
     async def _start(self) -> None:
         with translated_errors():
@@ -450,6 +553,7 @@ class FeedHub:
         assert row is not None
         self.cursor = int(row[0])
         self._ready.set()
+        self.metrics.feed_hub_up.set(1)
 
     async def _follow(self, stop: asyncio.Event) -> None:
         delays = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -461,14 +565,13 @@ class FeedHub:
                     await self._start()
                 caught_up = await self.catch_up()
                 failures = 0
+                self._outage.recovered()
+                self.metrics.feed_hub_up.set(1)
             except DatabaseUnavailable as exc:
                 delay = delays[min(failures, len(delays) - 1)]
                 failures += 1
-                log.warning(
-                    "feed hub cannot read the log (try %d, next in %.1fs): %s; connected "
-                    "clients keep their streams and get what they missed once it answers",
-                    failures, delay, exc,
-                )  # fmt: skip
+                self.metrics.feed_hub_up.set(0)
+                self._outage.failed(exc, retry_in=delay)
                 await _wait(stop, self._woken, delay, woken_ends=False)
                 continue
             # A read that the horizon held back (an older writer still open) is
@@ -500,14 +603,23 @@ class FeedHub:
             return self._last_woken <= self.cursor
 
     def _route(self, rows: list[_Row]) -> None:
+        if rows:
+            now = time.time()
+            lag = self.metrics.feed_fanout_lag
+            for row in rows:
+                lag.observe(max(now - row.created_at.timestamp(), 0.0))
+        handed = 0
         for key, user_rows in _batches(rows).items():
             subs = self._subs.get(key)
             if not subs:
                 continue
             events = _with_counts(user_rows)
             for sub in list(subs):
-                if not sub._offer(events):
+                if sub._offer(events):
+                    handed += len(events)
+                else:
                     self.dropped_slow += 1
+                    self.metrics.feed_slow_consumers.inc()
                     self._unregister(sub)
                     log.warning(
                         "feed stream of user %s (instance %s) closed: too slow, %d events "
@@ -515,6 +627,8 @@ class FeedHub:
                         sub.user_id, sub.instance_id, self.queue_size,
                         extra={"instance_id": sub.instance_id, "user_id": sub.user_id},
                     )  # fmt: skip
+        if handed:
+            self.metrics.feed_fanned_out.inc(handed)
 
     async def _listen(self) -> None:
         async for woke in wakeups(self._conninfo, timeout=max(self._poll_every, 0.1)):
@@ -523,16 +637,17 @@ class FeedHub:
                     self._last_woken = max(self._last_woken, woke.position)
                 self._woken.set()
 
-    def _close_all(self, why: str) -> None:
+    def _close_all(self, why: str, code: str) -> None:
         for ask in self._asks:
             if not ask.page.done():
                 ask.page.set_exception(
-                    StreamClosed(f"{why}; resume from your last position", reason=why)
+                    StreamClosed(f"{why}; resume from your last position", reason=code)
                 )
         self._asks.clear()
         for subs in list(self._subs.values()):
             for sub in list(subs):
-                sub._close(StreamClosed(f"{why}; resume from your last position", reason=why))
+                sub._close(StreamClosed(f"{why}; resume from your last position", reason=code))
+                self._unregister(sub)
         self._subs.clear()
 
 

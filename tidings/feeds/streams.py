@@ -2,9 +2,9 @@
 
 `tidings serve` wraps these in its routes: `sse_stream` is the body of
 GET /v1/me/stream (text/event-stream), `long_poll` answers GET /v1/me/poll,
-and a WebSocket sends each StreamEvent.to_json() as it comes. The cursor is
-the log position everywhere: SSE's `id:`, the WebSocket message's `id`, the
-long-poll's `after`.
+and the WebSocket /v1/me/ws sends each StreamEvent.to_json() as it comes,
+then `closing` when the stream ends. The cursor is the log position
+everywhere: SSE's `id:`, the WebSocket message's `id`, the long-poll's `after`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,49 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
 
 from tidings.feeds.hub import FeedHub, StreamClosed, StreamEvent, Subscription
 
 RETRY_MS = 2000  # how long a browser waits before it reconnects an event stream
+
+# WebSocket close codes (RFC 6455 section 7.4.1) by why the server ends a stream.
+POLICY_VIOLATION = 1008  # the client must change something: its token, its cursor
+SERVICE_RESTART = 1012  # this server stops: reconnect (to another one) and resume
+TRY_AGAIN_LATER = 1013  # too slow, or the server cannot stream right now: resume soon
+_CLOSE_CODES = {
+    "unauthorized": POLICY_VIOLATION,
+    "bad_cursor": POLICY_VIOLATION,
+    "shutting_down": SERVICE_RESTART,
+}
+
+
+@dataclass(frozen=True)
+class Closing:
+    """How a WebSocket stream ends: a last `closed` message, then a close frame."""
+
+    reason: str  # a short code: unauthorized, bad_cursor, slow_consumer, shutting_down, ...
+    detail: str
+    resume_after: int | None = None
+
+    @classmethod
+    def of(cls, closed: StreamClosed) -> Closing:
+        return cls(closed.reason or "closed", str(closed), closed.resume_after)
+
+    @property
+    def code(self) -> int:
+        return _CLOSE_CODES.get(self.reason, TRY_AGAIN_LATER)
+
+    @property
+    def frame_reason(self) -> str:
+        """The close frame's reason: at most 123 bytes (the protocol's limit)."""
+        text = f"{self.reason}: {self.detail}"
+        return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+    def message(self) -> dict[str, Any]:
+        data = {"reason": self.reason, "detail": self.detail, "resume_after": self.resume_after}
+        return {"event": "closed", "id": self.resume_after, "data": data}
 
 
 def parse_after(last_event_id: str | None, after: str | None) -> int | None:
@@ -74,7 +113,7 @@ async def long_poll(
     (a send's message and counts together). A slow or closed stream ends the
     poll with what it has; the next poll resumes after the last one returned.
     """
-    sub = await hub.subscribe(instance_id, user_id, after=after)
+    sub = await hub.subscribe(instance_id, user_id, after=after, transport="poll")
     got: list[StreamEvent] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -90,3 +129,8 @@ async def long_poll(
     finally:
         await sub.close()
     return got
+
+
+def ws_text(message: dict[str, Any]) -> str:
+    """A WebSocket text message: one JSON object."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))

@@ -162,3 +162,56 @@ ORDER BY w.n, e.position;
 
 -- name: rebuild_feed
 SELECT tidings.rebuild_feed(%(since)s);
+
+-- name: presence_join
+-- A serve process's heartbeat (and its first appearance). `inserted` is true
+-- when its row was not there: it is new, or it was expired and cleaned while it
+-- could not beat (an outage), and must write its presence again in full.
+INSERT INTO tidings.feed_processes AS p
+    (process_id, host, pid, started_at, heartbeat_at, expires_at)
+VALUES (%(process_id)s, %(host)s, %(pid)s, %(started_at)s, now(),
+        now() + make_interval(secs => %(expiry)s))
+ON CONFLICT (process_id) DO UPDATE
+    SET heartbeat_at = now(), expires_at = now() + make_interval(secs => %(expiry)s)
+RETURNING (xmax = 0) AS inserted;
+
+-- name: presence_set
+-- The users of this process whose connections changed and still have some.
+INSERT INTO tidings.feed_presence AS f
+    (instance_id, user_id, process_id, connections, transports, since)
+SELECT u.instance_id, u.user_id, %(process_id)s, u.connections, u.transports, u.since
+FROM unnest(%(instance_ids)s::text[], %(user_ids)s::text[], %(connections)s::integer[],
+            %(transports)s::jsonb[], %(since)s::timestamptz[])
+     AS u(instance_id, user_id, connections, transports, since)
+ON CONFLICT (instance_id, user_id, process_id) DO UPDATE
+    SET connections = excluded.connections, transports = excluded.transports,
+        since = excluded.since;
+
+-- name: presence_drop
+-- The users of this process whose last connection here closed.
+DELETE FROM tidings.feed_presence f
+USING unnest(%(instance_ids)s::text[], %(user_ids)s::text[]) AS u(instance_id, user_id)
+WHERE f.process_id = %(process_id)s
+  AND f.instance_id = u.instance_id AND f.user_id = u.user_id;
+
+-- name: presence_clear
+-- Everything this process said (before it writes it again in full).
+DELETE FROM tidings.feed_presence WHERE process_id = %(process_id)s;
+
+-- name: presence_leave
+-- A process that stops cleanly takes its rows with it.
+DELETE FROM tidings.feed_processes WHERE process_id = %(process_id)s;
+
+-- name: presence_expire
+-- Processes that stopped beating (killed, partitioned): gone, with their rows.
+DELETE FROM tidings.feed_processes WHERE expires_at < now();
+
+-- name: presence_of_user
+-- Where a user is connected now: one row per live process holding connections.
+SELECT f.process_id, p.host, p.pid, p.started_at, p.heartbeat_at, f.connections,
+       f.transports, f.since
+FROM tidings.feed_presence f
+JOIN tidings.feed_processes p ON p.process_id = f.process_id
+WHERE f.instance_id = %(instance_id)s AND f.user_id = %(user_id)s
+  AND p.expires_at > now()
+ORDER BY f.since, f.process_id;
