@@ -79,6 +79,7 @@ INSTANCE = "bench"
 JWT_SECRET = "bench-streams-shared-secret-32-bytes!"
 CRYPTO_KEY = "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI="  # 32 bytes, base64
 OPEN_AT_ONCE = 200  # connections a client process opens concurrently
+SERVE = [sys.executable, "-m", "tidings"]  # how a serve process is started
 
 
 def inapp_events(nid: str, user_id: str) -> list[NewEvent]:
@@ -481,7 +482,7 @@ class Serve:
         )
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tidings", "--log-level", "warning", "serve",
+                [*SERVE, "--log-level", "warning", "serve",
                  "--addr", f"127.0.0.1:{self.port}"],
                 env=env, stdout=out, stderr=out,
             )  # fmt: skip
