@@ -102,7 +102,7 @@ async def test_a_quiet_stream_gets_heartbeats_and_a_new_item_between_them(
 
 def _heartbeats(got: list[dict[str, Any]], n: int) -> Any:
     async def check() -> bool:
-        return sum(b.get("comment") == ["heartbeat"] for b in got) >= n
+        return sum(1 for b in got if b.get("comment") == ["heartbeat"]) >= n
 
     return check
 
