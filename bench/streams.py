@@ -532,6 +532,10 @@ class Serve:
         times = self.ps.cpu_times()
         return float(times.user + times.system)
 
+    def system_cpu(self) -> float:
+        """The kernel's share (on loopback, a write also delivers to the reader's socket)."""
+        return float(self.ps.cpu_times().system)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -580,6 +584,7 @@ class LoadFigures:
     failures: int = 0
     closed: dict[str, int] = field(default_factory=dict)
     serve_cpu: list[float] = field(default_factory=list)  # % of a core per serve, during the load
+    storm_cpu: list[float] = field(default_factory=list)  # ... while the clients reconnected
     both_ok: int = 0  # users on two serves that got every item on both
     both: int = 0
 
@@ -640,8 +645,10 @@ async def load_with_storm(
     load = await spawn_load(conninfo, users, args.rate, args.seconds)
     await asyncio.sleep(args.seconds / 2)
     storm_start = time.time()
+    storm_cpu = [s.cpu() for s in serves]
     replies = await clients.all("storm")
     reconnected = max(r["done"] for r in replies) - storm_start
+    storm_cpu = [(s.cpu() - b) / reconnected * 100 for s, b in zip(serves, storm_cpu, strict=True)]
     failures = sum(r["failures"] for r in replies)
     for reply in replies:
         for failure in reply["failed"]:
@@ -665,6 +672,7 @@ async def load_with_storm(
     figures.reconnected = reconnected
     figures.failures = failures
     figures.serve_cpu = cpu
+    figures.storm_cpu = storm_cpu
     return figures
 
 
@@ -697,6 +705,9 @@ def print_loads(runs: list[LoadFigures], seconds: float, storm: bool = True) -> 
     caught = [r.caught_up for r in runs]
     print(f"    all reconnected after {median(rec):6.2f} s   (reps: {reps_of(rec, '.2f')})")
     print(f"    all caught up after   {median(caught):6.2f} s   (reps: {reps_of(caught, '.2f')})")
+    busy = [statistics.fmean(r.storm_cpu) for r in runs]
+    print(f"    serve CPU meanwhile   {median(busy):6.1f} % of a core per serve process"
+          f"   (reps: {reps_of(busy, '.1f')})")  # fmt: skip
     gaps = sum(r.gaps for r in runs)
     dups = sum(r.dups for r in runs)
     other = sum(r.unexpected for r in runs)
@@ -742,7 +753,7 @@ async def bench_http(conninfo: str, root: Path, args: Any) -> None:
 
     clients = await Clients.start(plans)
     serve: Serve | None = None
-    rss_per, idle_cpu, connect_s, baseline = [], [], [], []
+    rss_per, idle_cpu, idle_sys, connect_s, baseline = [], [], [], [], []
     try:
         print(f"a. {n:,} idle SSE connections on one serve process (a fresh serve per rep)")
         for _ in range(args.reps):
@@ -763,15 +774,19 @@ async def bench_http(conninfo: str, root: Path, args: Any) -> None:
                 print(f"  {failures} connections failed, e.g. {replies[0]['failed'][:2]}")
             await asyncio.sleep(2)
             rss_per.append((serve.rss() - rss0) / (n - failures) / 1024)
-            cpu0 = serve.cpu()
+            cpu0, sys0 = serve.cpu(), serve.system_cpu()
             await asyncio.sleep(args.idle)
             idle_cpu.append((serve.cpu() - cpu0) / args.idle * 100)
+            idle_sys.append((serve.system_cpu() - sys0) / args.idle * 100)
         print(f"  RSS per connection     {median(rss_per):7.1f} KiB   "
               f"(reps: {reps_of(rss_per, '.1f')}; serve RSS with none "
               f"{median(baseline):.0f} MiB)")  # fmt: skip
         print(f"  CPU while idle         {median(idle_cpu):7.2f} % of a core over "
               f"{args.idle:g} s   (reps: {reps_of(idle_cpu, '.2f')}; heartbeat every "
               f"{args.heartbeat:g} s, hub poll every 1 s)")  # fmt: skip
+        print(
+            f"    of which the kernel  {median(idle_sys):7.2f} % (system time: the socket writes)"
+        )
         shown = reps_of(connect_s, ".2f")
         print(f"  all {n:,} connected in {median(connect_s):6.2f} s   (reps: {shown})")
         print(f"  ({load_average()})")
