@@ -79,6 +79,7 @@ INSTANCE = "bench"
 JWT_SECRET = "bench-streams-shared-secret-32-bytes!"
 CRYPTO_KEY = "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI="  # 32 bytes, base64
 OPEN_AT_ONCE = 200  # connections a client process opens concurrently
+STORM_MARGIN = 1.0  # seconds before a storm whose commits count with it, not with the calm
 SERVE = [sys.executable, "-m", "tidings"]  # how a serve process is started
 
 
@@ -406,6 +407,11 @@ class Clients:
 
     def __init__(self, procs: list[asyncio.subprocess.Process]) -> None:
         self.procs = procs
+        self.ps = [psutil.Process(p.pid) for p in procs]
+
+    def cpu(self) -> float:
+        """CPU seconds of all client processes together."""
+        return sum(float(t.user + t.system) for t in (p.cpu_times() for p in self.ps))
 
     @classmethod
     async def start(cls, plans: list[dict[str, list[tuple[str, int]]]]) -> Clients:
@@ -572,7 +578,7 @@ async def sent_between(conninfo: str, lo: int, hi: int) -> list[tuple[str, str, 
 class LoadFigures:
     """One load with a storm in its middle, as the clients saw it."""
 
-    before: list[float] = field(default_factory=list)  # latencies committed before the storm
+    before: list[float] = field(default_factory=list)  # committed > STORM_MARGIN before the storm
     after: list[float] = field(default_factory=list)  # ... during and after it
     sent: int = 0
     connections: int = 0
@@ -585,6 +591,7 @@ class LoadFigures:
     closed: dict[str, int] = field(default_factory=dict)
     serve_cpu: list[float] = field(default_factory=list)  # % of a core per serve, during the load
     storm_cpu: list[float] = field(default_factory=list)  # ... while the clients reconnected
+    clients_cpu: float = 0.0  # the client processes together, meanwhile
     both_ok: int = 0  # users on two serves that got every item on both
     both: int = 0
 
@@ -607,7 +614,9 @@ def analyse(
             got[index].append((position, t))
             commit = commits.get(nid)
             if commit is not None:
-                (figures.before if commit < storm_start else figures.after).append(t - commit)
+                # In flight when the clients dropped: delivered by the backfill, after the storm.
+                calm = commit < storm_start - STORM_MARGIN
+                (figures.before if calm else figures.after).append(t - commit)
         for key, count in report["closed"].items():
             figures.closed[key] = figures.closed.get(key, 0) + count
         for index, (user, _serve, sent_at, headers_at, _gen) in enumerate(report["conns"]):
@@ -646,9 +655,11 @@ async def load_with_storm(
     await asyncio.sleep(args.seconds / 2)
     storm_start = time.time()
     storm_cpu = [s.cpu() for s in serves]
+    clients_cpu = clients.cpu()
     replies = await clients.all("storm")
     reconnected = max(r["done"] for r in replies) - storm_start
     storm_cpu = [(s.cpu() - b) / reconnected * 100 for s, b in zip(serves, storm_cpu, strict=True)]
+    clients_cpu = (clients.cpu() - clients_cpu) / reconnected * 100
     failures = sum(r["failures"] for r in replies)
     for reply in replies:
         for failure in reply["failed"]:
@@ -673,6 +684,7 @@ async def load_with_storm(
     figures.failures = failures
     figures.serve_cpu = cpu
     figures.storm_cpu = storm_cpu
+    figures.clients_cpu = clients_cpu
     return figures
 
 
@@ -685,10 +697,10 @@ def print_loads(runs: list[LoadFigures], seconds: float, storm: bool = True) -> 
                        if values else float("nan"))  # fmt: skip
         return out
 
-    for attr, label in (("before", "before the storm"), ("after", "storm and after")):
+    for attr, label in (("before", "calm (> 1 s before)"), ("after", "storm and after")):
         p50, p99 = med_pct(attr, 50), med_pct(attr, 99)
         received = sum(len([v for v in getattr(r, attr) if v == v]) for r in runs)
-        print(f"  latency {label:<17} p50 {median(p50):7.1f} ms  p99 {median(p99):7.1f} ms"
+        print(f"  latency {label:<19} p50 {median(p50):7.1f} ms  p99 {median(p99):7.1f} ms"
               f"   (reps p99: {reps_of(p99, '.1f')}; {received:,} receipts)")  # fmt: skip
     cpus = [statistics.fmean(r.serve_cpu) for r in runs]
     print(f"  serve CPU during load   {median(cpus):6.1f} % of a core per serve process"
@@ -708,6 +720,9 @@ def print_loads(runs: list[LoadFigures], seconds: float, storm: bool = True) -> 
     busy = [statistics.fmean(r.storm_cpu) for r in runs]
     print(f"    serve CPU meanwhile   {median(busy):6.1f} % of a core per serve process"
           f"   (reps: {reps_of(busy, '.1f')})")  # fmt: skip
+    theirs = [r.clients_cpu for r in runs]
+    print(f"    client processes      {median(theirs):6.1f} % of a core, all together"
+          f"   (reps: {reps_of(theirs, '.1f')})")  # fmt: skip
     gaps = sum(r.gaps for r in runs)
     dups = sum(r.dups for r in runs)
     other = sum(r.unexpected for r in runs)
