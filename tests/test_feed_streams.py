@@ -4,21 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncGenerator, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tests.feed_helpers import sent_inapp
 from tests.ops_helpers import wait_for
 from tests.test_feed_hub import TIMEOUT, running_hub
+from tidings.api.sse import serve_sse
 from tidings.config import InAppSettings, Settings
 from tidings.eventstore import Database
+from tidings.feeds.hub import Subscription
 from tidings.feeds.operations import list_feed, mark
 from tidings.feeds.runtime import FeedRuntime
-from tidings.feeds.streams import long_poll, parse_after, sse_stream
+from tidings.feeds.streams import long_poll, parse_after
 
 SSE_ID = re.compile(r"^id: (\d+)$", re.MULTILINE)
 SSE_EVENT = re.compile(r"^event: (\w+)$", re.MULTILINE)
+
+
+async def sse_stream(sub: Subscription, *, heartbeat: float) -> AsyncGenerator[str]:
+    """The SSE body serve_sse writes for `sub`, chunk by chunk; closing it is the client going."""
+    chunks: asyncio.Queue[str | None] = asyncio.Queue()
+    gone = asyncio.Event()
+    asked = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        if asked > 1:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            chunks.put_nowait(message["body"].decode() if message.get("more_body") else None)
+
+    serving = asyncio.create_task(serve_sse(sub, heartbeat=heartbeat, receive=receive, send=send))
+    try:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+    finally:
+        gone.set()
+        await serving
 
 
 def test_a_stream_resumes_from_last_event_id_before_after() -> None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from tidings import __version__
 from tidings.api import events, me, notifications, presence
+from tidings.api.event_stream import EventStreams
 from tidings.api.health import Operations, operations_router
 from tidings.api.limits import BodyLimits
 from tidings.api.problems import install_problem_handlers, problems_only_as_problem_json
@@ -73,9 +74,10 @@ def create_app(*, api: ApiState, operations: Operations, feeds: FeedRuntime) -> 
     app.state.feeds = feeds
     app.include_router(operations_router(operations))
     limits = api.settings.api
-    return BodyLimits(
+    bodies = BodyLimits(
         app, max_body=limits.max_body, body_timeout=limits.body_timeout.total_seconds()
     )
+    return EventStreams(bodies, feeds=feeds)  # GET /v1/me/stream without FastAPI's weight
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from tidings.api.problems import Problem, problem_responses
+from tidings.api.sse import SseResponse
 from tidings.eventstore import DatabaseUnavailable
 from tidings.feeds.end_users import EndUser, KeysUnavailable, token_from
 from tidings.feeds.engagement import Action
@@ -32,7 +33,7 @@ from tidings.feeds.hub import HubUnavailable, StreamClosed, Subscription
 from tidings.feeds.operations import MAX_LIMIT, Filter, feed_counts, list_feed, mark, read_all
 from tidings.feeds.page import INBOX_CSP, INBOX_MEDIA_TYPE, inbox_html
 from tidings.feeds.runtime import FeedRuntime
-from tidings.feeds.streams import Closing, long_poll, parse_after, sse_stream, ws_text
+from tidings.feeds.streams import Closing, long_poll, parse_after, ws_text
 
 log = logging.getLogger("tidings.api")
 router = APIRouter(tags=["end user"])
@@ -65,11 +66,15 @@ async def end_user(
     ),
 ) -> EndUser:
     """A dependency: the signed-in end user, or 401/503."""
-    runtime = runtime_of(request)
+    return await signed_in(runtime_of(request), request.headers.get("authorization"), token)
+
+
+async def signed_in(
+    runtime: FeedRuntime, authorization: str | None, query_token: str | None
+) -> EndUser:
+    """The end user of a request's `Authorization` header or `?token=`, or 401/503."""
     try:
-        return await runtime.auth.authenticate(
-            token_from(request.headers.get("authorization"), token)
-        )
+        return await runtime.auth.authenticate(token_from(authorization, query_token))
     except AuthError as exc:
         raise Problem(401, str(exc), headers=_CHALLENGE) from None
     except KeysUnavailable:
@@ -86,7 +91,8 @@ def _unavailable(exc: DatabaseUnavailable) -> Problem:
     )
 
 
-def _hub_unavailable(exc: HubUnavailable) -> Problem:
+def hub_unavailable(exc: HubUnavailable) -> Problem:
+    """503 while this server's feed hub does not follow the log."""
     return Problem(503, str(exc), headers={"Retry-After": "2"})
 
 
@@ -214,7 +220,8 @@ for _action, _what in (
     _mark_route(_action, _what)  # type: ignore[arg-type]
 
 
-def _after(last_event_id: str | None, after: str | None) -> int | None:
+def cursor_after(last_event_id: str | None, after: str | None) -> int | None:
+    """The position a stream resumes after (`Last-Event-ID`, else `?after=`), or 400."""
     try:
         return parse_after(last_event_id, after)
     except ValueError as exc:
@@ -229,7 +236,7 @@ def _after(last_event_id: str | None, after: str | None) -> int | None:
         **_LIVE_RESPONSES,
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
     },
-    response_class=StreamingResponse,
+    response_class=StreamingResponse,  # for the document: the route answers an SseResponse
     summary="The end user's feed, live, as Server-Sent Events",
 )
 async def get_stream(
@@ -237,7 +244,7 @@ async def get_stream(
     user: EndUser = Depends(end_user),  # noqa: B008
     after: str | None = Query(None, description="Resume after this position"),
     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-) -> StreamingResponse:
+) -> SseResponse:
     """The user's feed, live, as Server-Sent Events.
 
     `event: message` (a new item), `event: state` (an item marked, here or on
@@ -249,16 +256,12 @@ async def get_stream(
     server cannot stream (its feed hub does not follow the log).
     """
     runtime = runtime_of(request)
-    position = _after(last_event_id, after)
+    position = cursor_after(last_event_id, after)
     try:
         sub = await runtime.hub.subscribe(user.instance_id, user.user_id, after=position)
     except HubUnavailable as exc:
-        raise _hub_unavailable(exc) from None
-    return StreamingResponse(
-        sse_stream(sub, heartbeat=runtime.settings.inapp.heartbeat.total_seconds()),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+        raise hub_unavailable(exc) from None
+    return SseResponse(sub, heartbeat=runtime.settings.inapp.heartbeat.total_seconds())
 
 
 def _wait(text: str, longest: float) -> float:
@@ -288,7 +291,7 @@ async def get_poll(
     inapp.max_poll_wait is cut to it. 503 while this server cannot stream.
     """
     runtime = runtime_of(request)
-    position = _after(None, after)
+    position = cursor_after(None, after)
     longest = runtime.settings.inapp.max_poll_wait.total_seconds()
     seconds = _wait(wait, longest)
     polling = asyncio.create_task(
@@ -308,7 +311,7 @@ async def get_poll(
     try:
         got = polling.result()
     except HubUnavailable as exc:
-        raise _hub_unavailable(exc) from None
+        raise hub_unavailable(exc) from None
     if not got:
         return Response(status_code=204)
     return {"events": [e.to_json() for e in got], "after": got[-1].position}

@@ -192,6 +192,7 @@ class Subscription:
     backfill_from: int | None = None
     checked: bool = False  # whether the resume position was checked against the feed
     reset: bool = False
+    counts_at: int = -1  # the position of the last counts handed to the consumer
     closed: StreamClosed | None = None
     registered: bool = True  # counted in the hub's connections (gauge, presence)
     # Set once the backfill is read (at once without one): from then on, live.
@@ -226,14 +227,18 @@ class Subscription:
                 closed.resume_after = self.last
                 raise closed
             assert isinstance(item, StreamEvent)
-            if item.kind == "counts" and item.position < self.last:
-                continue
+            if item.kind == "counts" and (
+                item.position < self.last or item.position <= self.counts_at
+            ):
+                continue  # stale, or these counts were handed out by the backfill
             if item.kind != "counts" and item.position <= self.last:
                 continue  # already handed out by the backfill
             return self._hand(item)
 
     def _hand(self, event: StreamEvent) -> StreamEvent:
         self.last = max(self.last, event.position)
+        if event.kind == "counts":
+            self.counts_at = event.position
         return event
 
     async def _backfill(self) -> None:

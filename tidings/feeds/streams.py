@@ -1,7 +1,7 @@
 """The three transports over one subscription, with no web framework in them.
 
-`tidings serve` wraps these in its routes: `sse_stream` is the body of
-GET /v1/me/stream (text/event-stream), `long_poll` answers GET /v1/me/poll,
+`tidings serve` wraps these in its routes: GET /v1/me/stream writes each
+StreamEvent.sse() (tidings.api.sse), then `closed_sse`; `long_poll` answers GET /v1/me/poll,
 and the WebSocket /v1/me/ws sends each StreamEvent.to_json() as it comes,
 then `closing` when the stream ends. The cursor is the log position
 everywhere: SSE's `id:`, the WebSocket message's `id`, the long-poll's `after`.
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from tidings.feeds.hub import FeedHub, StreamClosed, StreamEvent, Subscription
+from tidings.feeds.hub import FeedHub, StreamClosed, StreamEvent
 
 RETRY_MS = 2000  # how long a browser waits before it reconnects an event stream
 
@@ -71,29 +70,10 @@ def parse_after(last_event_id: str | None, after: str | None) -> int | None:
     return None
 
 
-async def sse_stream(sub: Subscription, *, heartbeat: float) -> AsyncGenerator[str]:
-    """The SSE body of one connection: events, a comment every `heartbeat` seconds of quiet.
-
-    A stream the hub closes (too slow, shutting down) ends with `event: closed`
-    saying why and where to resume; the browser reconnects with Last-Event-ID.
-    The subscription is released when the body ends or the client goes away.
-    """
-    try:
-        yield f"retry: {RETRY_MS}\n: connected\n\n"
-        while True:
-            try:
-                event = await asyncio.wait_for(anext(sub), heartbeat)
-            except TimeoutError:
-                yield ": heartbeat\n\n"
-                continue
-            except StreamClosed as closed:
-                data = json.dumps({"reason": closed.reason, "resume_after": closed.resume_after,
-                                   "detail": str(closed)})  # fmt: skip
-                yield f"event: closed\ndata: {data}\n\n"
-                return
-            yield event.sse()
-    finally:
-        await sub.close()
+def closed_sse(closed: StreamClosed) -> str:
+    """The last message of an event stream: why it ended and where to resume."""
+    data = Closing.of(closed).message()["data"]
+    return f"event: closed\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 async def long_poll(
