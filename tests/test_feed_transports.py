@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -25,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from tests.api_helpers import RunningAPI, running_api
 from tests.feed_helpers import sent_inapp
 from tests.ops_helpers import free_port, parse, wait_for
-from tests.test_api_feeds import feed_positions, feed_settings, sse_events, token
+from tests.test_api_feeds import JWT_SECRET, feed_positions, feed_settings, sse_events, token
+from tests.test_event_stream import blocks
 from tidings.config import InAppSettings, Settings
 from tidings.eventstore import Database
 from tidings.feeds.operations import list_feed, mark
@@ -331,3 +334,36 @@ async def metrics_of(api: RunningAPI) -> dict[tuple[str, frozenset[tuple[str, st
         page = await client.get("/metrics")
     assert page.status_code == 200
     return parse(page.text)
+
+
+# --- a stream lives no longer than its token ------------------------------------------
+
+
+async def test_a_stream_ends_when_its_token_expires_and_that_token_opens_no_other(
+    db: Database, tmp_path: Path
+) -> None:
+    settings = feed_settings(tmp_path)
+    end_users = settings.end_users.model_copy(update={"leeway": timedelta(0)})
+    short = jwt.encode(
+        {"sub": "user-ada", "instance": "acme", "exp": int(time.time()) + 2},
+        JWT_SECRET, algorithm="HS256",
+    )  # fmt: skip
+    async with (
+        running_api(db, settings.model_copy(update={"end_users": end_users})) as api,
+        httpx.AsyncClient(base_url=api.base, timeout=TIMEOUT) as browser,
+        connect(ws_url(api, token=short)) as conn,
+        browser.stream("GET", "/v1/me/stream", params={"token": short}) as stream,
+    ):
+        assert stream.status_code == 200
+        closed = json.loads(await asyncio.wait_for(conn.recv(), TIMEOUT))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(conn.recv(), TIMEOUT)
+        events: list[dict[str, Any]] = []
+        await asyncio.wait_for(blocks(stream, events), TIMEOUT)  # until the server ends it
+        refused = await browser.get("/v1/me/feed", params={"token": short})
+    assert closed["event"] == "closed" and closed["data"]["reason"] == "token_expired"
+    assert conn.close_code == 1008 and "token expired" in closed["data"]["detail"]
+    assert events[-1]["event"] == "closed"
+    assert json.loads(events[-1]["data"])["reason"] == "token_expired"
+    assert refused.status_code == 401 and "expired" in refused.json()["detail"]
+    assert api.feeds.hub.connected() == 0

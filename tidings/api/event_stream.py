@@ -53,7 +53,7 @@ class EventStreams:
         after = cursor_after(headers.get("last-event-id"), query.get("after"))
         try:
             return await self._feeds.hub.subscribe(
-                user.instance_id, user.user_id, after=after, transport="sse"
+                user.instance_id, user.user_id, after=after, transport="sse", until=user.expires_at
             )
         except HubUnavailable as exc:
             raise hub_unavailable(exc) from None

@@ -258,7 +258,9 @@ async def get_stream(
     runtime = runtime_of(request)
     position = cursor_after(last_event_id, after)
     try:
-        sub = await runtime.hub.subscribe(user.instance_id, user.user_id, after=position)
+        sub = await runtime.hub.subscribe(
+            user.instance_id, user.user_id, after=position, until=user.expires_at
+        )
     except HubUnavailable as exc:
         raise hub_unavailable(exc) from None
     return SseResponse(sub, heartbeat=runtime.settings.inapp.heartbeat.total_seconds())
@@ -361,7 +363,7 @@ async def ws_stream(websocket: WebSocket) -> None:
         return
     try:
         sub = await runtime.hub.subscribe(
-            user.instance_id, user.user_id, after=position, transport="ws"
+            user.instance_id, user.user_id, after=position, transport="ws", until=user.expires_at
         )
     except HubUnavailable as exc:
         await _ws_close(websocket, Closing(exc.reason or "unavailable", str(exc), position))

@@ -64,7 +64,7 @@ class EndUser:
     instance_id: str
     user_id: str
     method: Literal["jwt", "hmac"]
-    expires_at: datetime | None = None
+    expires_at: datetime | None = None  # the last moment its token is accepted (exp + leeway)
 
 
 def token_from(authorization: str | None, query_token: str | None) -> str | None:
@@ -276,8 +276,11 @@ class EndUserAuth:
         user_id = claims.get("sub")
         if not isinstance(user_id, str) or not user_id:
             raise AuthError("the token's sub (the user id) is empty", reason="claims")
-        exp = claims.get("exp")
-        expires = datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+        exp = claims.get("exp")  # accepted until exp + leeway: a stream lives as long
+        leeway = self._settings.leeway
+        expires = (
+            datetime.fromtimestamp(exp, UTC) + leeway if isinstance(exp, int | float) else None
+        )
         return EndUser(instance_id=instance_id, user_id=user_id, method="jwt", expires_at=expires)
 
     async def _key(self, settings: EndUserInstanceSettings, alg: Any, kid: Any) -> Any:

@@ -198,6 +198,7 @@ class Subscription:
     # Set once the backfill is read (at once without one): from then on, live.
     live: asyncio.Event = field(default_factory=asyncio.Event)
     _pending: list[StreamEvent] = field(default_factory=list)
+    _expiry: asyncio.TimerHandle | None = None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self
@@ -301,8 +302,19 @@ class Subscription:
             self.queue.get_nowait()
         self.queue.put_nowait(_CLOSED)
 
+    def expire_at(self, when: datetime) -> None:
+        """Close the stream when the token it was opened with expires (at once if it has)."""
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (when - datetime.now(UTC)).total_seconds())
+        self._expiry = loop.call_later(delay, self._close, StreamClosed(
+            "the end-user token expired: get a new one and resume from your last position",
+            reason="token_expired",
+        ))  # fmt: skip
+
     async def close(self) -> None:
         """The connection ended (the client went away)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
         self.hub._unregister(self)
 
 
@@ -366,9 +378,19 @@ class FeedHub:
     # --- subscribing ------------------------------------------------------------
 
     async def subscribe(
-        self, instance_id: str, user_id: str, *, after: int | None, transport: Transport = "sse"
+        self,
+        instance_id: str,
+        user_id: str,
+        *,
+        after: int | None,
+        transport: Transport = "sse",
+        until: datetime | None = None,
     ) -> Subscription:
         """A stream of the user's feed after position `after` (None: from now on).
+
+        `until` (the last moment the token it was opened with is accepted)
+        closes it then, with reason token_expired: a stream lives no longer
+        than its token.
 
         Use it as an async iterator; call close() when the connection ends.
         Registering costs no query: the backfill (and the check that `after`
@@ -401,6 +423,8 @@ class FeedHub:
             self.presence.changed(instance_id, user_id)
         if after is None:
             sub.live.set()
+        if until is not None:
+            sub.expire_at(until)
         return sub
 
     def _check_following(self) -> None:

@@ -25,6 +25,7 @@ TRY_AGAIN_LATER = 1013  # too slow, or the server cannot stream right now: resum
 _CLOSE_CODES = {
     "unauthorized": POLICY_VIOLATION,
     "bad_cursor": POLICY_VIOLATION,
+    "token_expired": POLICY_VIOLATION,
     "shutting_down": SERVICE_RESTART,
 }
 
