@@ -33,10 +33,29 @@ class Claimed:
     backoff: str | None
     last_error: str | None
     leased_until: datetime | None = None  # by the workers' clock; None: not from the queue
+    # The users read model's row for the request's user, read with the claim (None:
+    # not known to it); only when `user_read`, else the runner looks the user up.
+    user: dict[str, Any] | None = None
+    user_read: bool = False
 
     @property
     def attempt(self) -> int:
         return self.attempts + 1
+
+
+_USER_PREFIX = "u_"
+
+
+def _claimed(row: dict[str, Any]) -> Claimed:
+    """A claim_due row: the queue's columns, and the user's as u_* (NULL: unknown)."""
+    fields = {k: v for k, v in row.items() if not k.startswith(_USER_PREFIX)}
+    user = None
+    if row["u_user_id"] is not None:
+        user = {
+            k.removeprefix(_USER_PREFIX): v for k, v in row.items() if k.startswith(_USER_PREFIX)
+        }
+        user["instance_id"] = row["instance_id"]
+    return Claimed(**fields, user=user, user_read=True)
 
 
 class PendingQueue:
@@ -69,7 +88,7 @@ class PendingQueue:
             ):
                 await cur.execute(query("claim_due"), params)
                 rows = await cur.fetchall()
-        return [Claimed(**row) for row in rows]
+        return [_claimed(row) for row in rows]
 
     async def release(self, put_off: list[tuple[Claimed, datetime]]) -> None:
         """Give leases back early: each notification is claimable again from its time.
