@@ -43,19 +43,24 @@ class Claimed:
         return self.attempts + 1
 
 
-_USER_PREFIX = "u_"
+# The users read model's columns claim_due returns as u_<name> (NULL: unknown user).
+_USER_COLUMNS = tuple(
+    f"u_{name}"
+    for name in (
+        "user_id", "resource_owner", "username", "first_name", "last_name", "display_name",
+        "preferred_language", "last_email", "verified_email", "last_phone", "verified_phone",
+        "state", "sequence", "change_date",
+    )
+)  # fmt: skip
 
 
 def _claimed(row: dict[str, Any]) -> Claimed:
     """A claim_due row: the queue's columns, and the user's as u_* (NULL: unknown)."""
-    fields = {k: v for k, v in row.items() if not k.startswith(_USER_PREFIX)}
-    user = None
-    if row["u_user_id"] is not None:
-        user = {
-            k.removeprefix(_USER_PREFIX): v for k, v in row.items() if k.startswith(_USER_PREFIX)
-        }
-        user["instance_id"] = row["instance_id"]
-    return Claimed(**fields, user=user, user_read=True)
+    user = {name[2:]: row.pop(name) for name in _USER_COLUMNS}
+    if user["user_id"] is None:
+        return Claimed(**row, user=None, user_read=True)
+    user["instance_id"] = row["instance_id"]
+    return Claimed(**row, user=user, user_read=True)
 
 
 class PendingQueue:
