@@ -19,8 +19,13 @@ phase (all jobs, timed), then the processing phase (drain, timed), each in a
 child process of its own, so its Python CPU is its own; PostgreSQL's CPU is
 the server's processes over the phase. Pickup latency runs separately: the
 worker runs idle in a child, this process enqueues one job at a time at a
-steady rate, and latency = the job's start (the no-op entrypoint's or channel's
-call) minus the enqueue's commit.
+steady rate, and latency = the job's start minus the time its enqueue returned
+(committed). The same span for both: pgqueuer's start is its no-op entrypoint's
+call; tidings' is the channel's send, so its span also holds the claim, the
+lifecycle's decision, the rendering and the code's decryption. tidings' enqueue
+is the append of notification.requested, as the projector makes it from a
+source event: the projector's own step (source event -> requested) is not in
+the span (bench/workers.py --only latency measures source event -> send).
 
 With --processes 1,2, the real command `tidings run --processes N` (one
 request worker per process, bulk 100, the log channel) drains the same queue

@@ -100,7 +100,9 @@ async def test_readiness_follows_a_database_that_stops_and_comes_back(
         TIDINGS_NOTIFICATIONS_REQUEUE_EVERY="200ms",
         TIDINGS_NOTIFICATIONS_RETRY_REQUEUE_EVERY="200ms",
     )
-    with running(["run", "--metrics-addr", f"127.0.0.1:{port}"], env, tmp_path / "run") as run:
+    # One process: its probes are the ones read (several would serve port, port + 1...).
+    args = ["run", "--processes", "1", "--metrics-addr", f"127.0.0.1:{port}"]
+    with running(args, env, tmp_path / "run") as run:
         await serving(base, run)
         await wait_for(status_is(base + "/readyz", 200, "database: ok"), "ready")
 
@@ -130,7 +132,8 @@ async def test_readiness_fails_while_the_projector_lags_even_in_a_worker_only_po
         TIDINGS_DATABASE_URL=conninfo, TIDINGS_OPERATIONS_READY_MAX_PROJECTOR_LAG="300ms"
     )
     worker_env = {**env, "TIDINGS_OPERATIONS_METRICS_ADDR": f"127.0.0.1:{worker_port}"}
-    args = ["run", "--no-projector", "--workers", "1", "--retry-workers", "0"]
+    # One process: its probes are the ones read (several would serve port, port + 1...).
+    args = ["run", "--processes", "1", "--no-projector", "--workers", "1", "--retry-workers", "0"]
     with running(args, worker_env, tmp_path / "worker") as worker_process:
         await serving(worker, worker_process)
         ready = status_is(worker + "/readyz", 200, "projector lag: 0s in projection")

@@ -59,7 +59,9 @@ async def test_counters_histograms_and_gauges_follow_a_real_run(
             TIDINGS_NOTIFICATIONS_MAX_RETRY_DELAY="500ms",
             TIDINGS_NOTIFICATIONS_MAX_TTL="1h",
         )
-        args = ["run", "--metrics-addr", f"127.0.0.1:{port}"]
+        # One process: its /metrics must count every attempt (with several, each
+        # process counts its own, on its own port).
+        args = ["run", "--processes", "1", "--metrics-addr", f"127.0.0.1:{port}"]
         with running(args, env, tmp_path / "run") as process:
             await serving(base, process)
             before = await scrape(base)

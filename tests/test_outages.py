@@ -37,8 +37,11 @@ class Run:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
         self._file = log.open("w")
+        # One process (not one per core): what is checked is that process's own
+        # shutdown, its log lines and its unrecorded attempts.
+        argv = ["run", "--processes", "1", "--workers", "1", "--retry-workers", "0"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "run", "--workers", "1", "--retry-workers", "0"],
+            [sys.executable, "-m", "tidings", *argv],
             env=env,
             stdout=self._file,
             stderr=subprocess.STDOUT,

@@ -152,6 +152,41 @@ async def test_skip_rules_are_logged_with_their_reason(
     assert caplog.text.count("user user-gone was removed") == 2
 
 
+async def test_a_run_of_source_events_at_once_ends_as_one_at_a_time_would(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The source events between two user events go to the requests projection at once;
+    a bad one among them sends the run back one event at a time (it alone is recorded
+    and skipped), and each request still sees the user as of its own event."""
+    caplog.set_level(logging.DEBUG, logger="tidings.projections")
+    await db.store.append([user_added()])
+    appended = await db.store.append(
+        [
+            code_event("user.human.password.code.added"),
+            session_event("user.human.password.code.added", user_id="user-ada"),  # wrong type
+            code_event("user.human.email.code.added"),
+            user_event("user.removed"),
+            code_event("user.human.phone.code.added"),  # after the removal: not requested
+        ]
+    )
+    projector = make_projector(db)
+    await projector.catch_up()
+
+    requested = [r.request.source.position for _, r in await requests_of(db) if r.request.source]
+    assert requested == [appended[0].position, appended[2].position]
+    (failure,) = await projector.failures("requests")
+    assert failure["position"] == appended[1].position
+    assert "projection requests: a run of 3 events" in caplog.text
+    assert caplog.text.count("user user-ada was removed") == 1
+    assert caplog.text.count("requested PasswordReset") == 1, "logged once, not per try"
+
+    # Rebuilt from the log: the same requests, none twice.
+    caplog.clear()
+    await projector.rebuild()
+    again = [r.request.source.position for _, r in await requests_of(db) if r.request.source]
+    assert again == requested
+
+
 async def test_rerun_and_rebuild_never_request_twice(db: Database) -> None:
     await db.store.append([user_added()])
     await db.store.append([code_event("user.human.password.code.added")])

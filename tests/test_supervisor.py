@@ -9,13 +9,15 @@ from pathlib import Path
 import psutil
 
 from tests.cli import clean_env, tidings
-from tests.ops_helpers import Process, running, wait_for
+from tests.ops_helpers import Process, free_port, running, serving, wait_for
 from tests.projection_helpers import code_event, user_added
 from tests.worker_helpers import CRYPTO, KEY
 from tidings.eventstore import Database, EventQuery
 from tidings.notification.codes import CodeCipher
+from tidings.workers.supervisor import cgroup_cpu_quota, usable_cores
 
 STARTED = re.compile(r"worker process (\d+) started \(pid (\d+)\)")
+POOL = re.compile(r"worker pool \S+: \d+ request")
 
 
 def children(process: Process) -> dict[int, list[int]]:
@@ -146,3 +148,62 @@ async def test_sigterm_while_the_children_start_is_a_clean_stop(
     log = sup.stderr()
     assert log.count("ended with exit code 0") == 2, log[-3000:]
     assert "restarting" not in log
+
+
+async def test_by_default_one_process_per_usable_core(
+    db: Database, conninfo: str, tmp_path: Path
+) -> None:
+    """No --processes and no setting: as many worker processes as usable cores (one,
+    without a supervisor, on a machine of one core)."""
+    cores = usable_cores()
+    with running(["run"], env_for(conninfo, tmp_path), tmp_path / "sup") as sup:
+
+        async def pools_running() -> bool:
+            return len(POOL.findall(sup.stderr())) == cores
+
+        await wait_for(pools_running, f"{cores} worker pools")
+        assert len(children(sup)) == (cores if cores > 1 else 0), sup.stderr()[-3000:]
+        assert sup.stop() == 0, sup.stderr()[-3000:]
+
+
+async def test_run_serve_with_several_processes_serves_the_api_from_the_first(
+    db: Database, conninfo: str, tmp_path: Path
+) -> None:
+    """api.addr is one port: the first process serves it, the others only work (none
+    dies of an address in use)."""
+    port = free_port()
+    env = {**env_for(conninfo, tmp_path), "TIDINGS_API_ADDR": f"127.0.0.1:{port}"}
+    with running(["run", "--serve", "--processes", "2"], env, tmp_path / "sup") as sup:
+        await serving(f"http://127.0.0.1:{port}", sup)
+
+        async def both_pools() -> bool:
+            return len(POOL.findall(sup.stderr())) == 2
+
+        await wait_for(both_pools, "two worker pools")
+        assert sup.stop() == 0, sup.stderr()[-3000:]
+    log = sup.stderr()
+    assert "died" not in log and "restarting" not in log, log[-3000:]
+    assert log.count("ended with exit code 0") == 2, log[-3000:]
+
+
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    """A container's CPU limit (cgroup v2 cpu.max, or v1 cfs_quota_us) counts, rounded down."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    assert cgroup_cpu_quota(v2) is None, "no cgroup files: no limit"
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(v2) is None
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(v2) == 1.5
+    assert usable_cores(v2) == 1
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert usable_cores(v2) == 1, "at least one"
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    assert cgroup_cpu_quota(v1) == 2.0
+    affinity = usable_cores(tmp_path / "none")  # no quota: the CPUs it may run on
+    assert usable_cores(v1) == min(affinity, 2)

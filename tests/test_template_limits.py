@@ -172,3 +172,35 @@ def test_rendering_has_a_time_limit(tmp_path: Path) -> None:
         compose(slow)
     assert f"{texts}:3: PasswordReset.body failed to render" in str(caught.value)
     assert "rendering took over 0.01s (templates.render_timeout)" in str(caught.value)
+
+
+def test_an_error_deep_in_a_block_text_names_its_own_line(tmp_path: Path) -> None:
+    """A failure on the third line of a block text is reported at that line of the file."""
+    texts = write(
+        tmp_path / "acme" / "texts.en.yaml",
+        "PasswordReset:\n  title: fine\n  body: |\n    one\n    two\n    {{ nope.x }}\n",
+    )
+    with pytest.raises(RenderError) as caught:
+        compose(composer(tmp_path))
+    assert f"{texts}:6: PasswordReset.body failed to render" in str(caught.value)
+    assert "'nope' is undefined" in str(caught.value)
+    assert caught.value.line == 6
+
+
+@pytest.mark.parametrize(("repeat", "refused"), [(5000, False), (5462, True)])
+def test_the_field_limit_counts_bytes_not_characters(
+    tmp_path: Path, repeat: int, refused: bool
+) -> None:
+    """'€' is 3 bytes: an SMS of 5,000 of them (15,000 bytes) passes a 16,384-byte limit,
+    one of 5,462 does not."""
+    write(
+        tmp_path / "acme" / "texts.en.yaml",
+        f"PasswordReset:\n  sms: \"{{{{ '€' * {repeat} }}}}\"\n",
+    )
+    c = composer(tmp_path, max_field_bytes=16_384)
+    if not refused:
+        assert compose(c, channel="sms")
+        return
+    with pytest.raises(RenderError) as caught:
+        compose(c, channel="sms")
+    assert "the output is over 16384 bytes (templates.max_field_bytes)" in str(caught.value)

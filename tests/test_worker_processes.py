@@ -158,8 +158,10 @@ class Worker:
     def __init__(self, args: tuple[str, ...], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._file = log.open("w")
+        # One process (not one per core): the tests kill it, and count its sends
+        # and log lines, as one process's.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "run", "--no-projector", *args],
+            [sys.executable, "-m", "tidings", "run", "--processes", "1", "--no-projector", *args],
             env=env,
             stdout=self._file,
             stderr=subprocess.STDOUT,

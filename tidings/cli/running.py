@@ -53,8 +53,8 @@ log = logging.getLogger("tidings")
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
-    help="Worker processes under one supervisor (default: notifications.processes; "
-    "0 there: one per usable core).",
+    help="Worker processes under one supervisor (default: notifications.processes, "
+    "whose default 0 is one per usable core).",
 )
 @click.option("--child-number", type=click.IntRange(min=1), hidden=True)
 @metrics_addr_option
@@ -87,20 +87,17 @@ def run_command(
     one supervisor that restarts a dying one and forwards SIGTERM to all.
     With --metrics-addr, /metrics, /healthz and /readyz are served there
     (process k of N on the port + k - 1); with --serve, the HTTP API (and
-    those) on api.addr as well.
+    those) on api.addr as well (by the first process only).
     """
     settings = settings_of(ctx)
     if until_idle and processes is not None and processes > 1:
         fail("--until-idle runs in one process: leave out --processes")
-    count = processes or settings.notifications.processes or usable_cores()
-    if child_number is None and not until_idle and count > 1:
-        sys.exit(supervise(settings, count, metrics_address(settings, metrics_addr)))
     counts = (
         settings.notifications.workers if workers is None else workers,
         settings.notifications.retry_workers if retry_workers is None else retry_workers,
     )
     projector = not no_projector
-    if counts == (0, 0) and not projector:
+    if counts == (0, 0) and not projector:  # before any child is started
         fail(
             "nothing would run: --no-projector, and no request or retry workers ("
             + _count_source("--workers", "TIDINGS_NOTIFICATIONS_WORKERS", workers)
@@ -109,6 +106,9 @@ def run_command(
             + "); give this process workers, or drop --no-projector"
         )
     address = metrics_address(settings, metrics_addr)
+    count = processes or settings.notifications.processes or usable_cores()
+    if child_number is None and not until_idle and count > 1:
+        sys.exit(supervise(settings, count, address))
 
     async def go() -> None:
         async with open_database(settings.database) as db:
@@ -157,7 +157,10 @@ def supervise(settings: Settings, processes: int, address: tuple[str, int] | Non
                 env["TIDINGS_DATABASE_URL"] = db.conninfo
 
             def command(number: int) -> list[str]:
-                argv = [sys.executable, "-m", "tidings", *sys.argv[1:]]
+                args = sys.argv[1:]
+                if number > 1:  # one process serves the API (api.addr is one port)
+                    args = [a for a in args if a != "--serve"]
+                argv = [sys.executable, "-m", "tidings", *args]
                 argv += ["--child-number", str(number)]
                 if address is not None:
                     argv += ["--metrics-addr", f"{address[0]}:{address[1] + number - 1}"]

@@ -89,7 +89,7 @@ class DatabaseSettings(_Section):
 
 
 class NotificationSettings(_Section):
-    processes: int = Field(default=1, ge=0, le=256)  # 0: one per usable core
+    processes: int = Field(default=0, ge=0, le=256)  # 0: one per usable core
     workers: int = Field(default=1, ge=0, le=1000)
     bulk_limit: int = Field(default=10, ge=1, le=10000)
     requeue_every: Annotated[Duration, within("10ms", "1h")] = Field(

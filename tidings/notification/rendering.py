@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import yaml
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tidings.notification.errors import RenderError
@@ -204,9 +205,15 @@ def _parse_texts(text: str, where: str) -> dict[str, dict[str, Source]]:
                     line=field_line,
                 )
             texts.setdefault(message_type, {})[field_node.value] = Source(
-                str(value_node.value), where, value_node.start_mark.line + 1
+                str(value_node.value), where, _first_line(value_node)
             )
     return texts
+
+
+def _first_line(node: yaml.ScalarNode) -> int:
+    """The file's line (1-based) of the text's first line: a literal block (`|`)
+    starts on the line after its indicator."""
+    return node.start_mark.line + (2 if node.style == "|" else 1)
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,7 @@ class Renderer:
         self._url = _LimitedSandbox(autoescape=False, finalize=_url_quote, **options)
         # Compiled templates by environment and text: compiling costs far more
         # than rendering, and the same texts render for every message.
-        self._compiled: dict[tuple[int, str], Template] = {}
+        self._compiled: dict[tuple[int, str], _Compiled] = {}
 
     def texts(
         self,
@@ -353,37 +360,58 @@ class Renderer:
                 raise _render_error(source, label, too_much) from None
             return text
         key = (id(env), source.text)
-        template = self._compiled.get(key)
-        if template is None:
+        compiled = self._compiled.get(key)
+        if compiled is None:
             if len(self._compiled) > 4096:  # overrides change; do not grow without bound
                 self._compiled.clear()
-            template = self._compiled[key] = _compile(env, source, label)
+            compiled = self._compiled[key] = _compile(env, source, label)
         try:
-            return self._within_limits(env, template, variables)
+            return self._within_limits(env, compiled, variables)
         except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
             raise _render_error(source, label, exc) from None
 
     def _within_limits(
-        self, env: ImmutableSandboxedEnvironment, template: Template, variables: Mapping[str, Any]
+        self, env: ImmutableSandboxedEnvironment, compiled: _Compiled, variables: Mapping[str, Any]
     ) -> str:
-        """Render chunk by chunk, stopping at the size or time limit."""
+        """Render chunk by chunk, stopping at the size or time limit.
+
+        What Template.generate does, less its per-render cost: the context is
+        made from the globals copied once per template, not from their ChainMap.
+        """
         limits = self.limits
+        most = limits.max_field_bytes
         if isinstance(env, _LimitedSandbox):
             env.range_budget = _RANGE_BUDGET
         deadline = time.monotonic() + limits.seconds
+        template = compiled.template
+        context = new_context(
+            env, template.name, template.blocks, {**compiled.globals, **variables},
+            True, compiled.globals,
+        )  # fmt: skip
         parts: list[str] = []
-        size = 0
-        for chunk in template.generate(**variables):
-            size += len(chunk.encode())
-            if size > limits.max_field_bytes:
-                raise _TooMuch(
-                    f"the output is over {limits.max_field_bytes} bytes (templates.max_field_bytes)"
-                )
-            if time.monotonic() > deadline:
-                raise _TooMuch(
-                    f"rendering took over {limits.seconds:g}s (templates.render_timeout)"
-                )
-            parts.append(chunk)
+        # Characters while they cannot be over `most` bytes (UTF-8 takes at most 4
+        # bytes a character), bytes from then on.
+        size, in_bytes = 0, False
+        over = None
+        try:
+            for chunk in template.root_render_func(context):
+                parts.append(chunk)
+                if in_bytes:
+                    size += len(chunk.encode())
+                else:
+                    size += len(chunk)
+                    if size * 4 > most:
+                        size, in_bytes = len("".join(parts).encode()), True
+                if size > most:
+                    over = f"the output is over {most} bytes (templates.max_field_bytes)"
+                    break
+                if time.monotonic() > deadline:
+                    over = f"rendering took over {limits.seconds:g}s (templates.render_timeout)"
+                    break
+        except Exception:
+            env.handle_exception()  # raises it again, with the template's lines in its traceback
+        if over is not None:
+            raise _TooMuch(over)
         return "".join(parts)
 
 
@@ -392,9 +420,18 @@ def _is_literal(text: str) -> bool:
     return "{" not in text and "\r" not in text
 
 
-def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> Template:
+@dataclass(frozen=True)
+class _Compiled:
+    """A compiled template and its globals, copied once (they never change)."""
+
+    template: Template
+    globals: dict[str, Any]
+
+
+def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> _Compiled:
     try:
-        return env.from_string(source.text)
+        template = env.from_string(source.text)
+        return _Compiled(template, dict(template.globals))
     except TemplateSyntaxError as exc:
         line = source.line + (exc.lineno or 1) - 1
         raise RenderError(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from psycopg import AsyncConnection
 
@@ -34,3 +35,17 @@ class Projection(Protocol):
     async def reset(self, conn: Connection) -> None:
         """Forget the read model, so a rebuild can replay it from the log."""
         ...
+
+
+@runtime_checkable
+class BatchProjection(Projection, Protocol):
+    """A projection that can handle a run of events at once.
+
+    The projector hands it consecutive events (in log order) that no projection
+    without this method handles in between, in one savepoint. `handle_many`
+    must leave the same effects as `handle` for each in turn; when it raises,
+    the savepoint is rolled back and the projector calls `handle` for each
+    event on its own (so one bad event is recorded and skipped as always).
+    """
+
+    async def handle_many(self, events: Sequence[StoredEvent], conn: Connection) -> None: ...

@@ -18,7 +18,7 @@ from tidings.config import ProjectionSettings
 from tidings.eventstore import Database, DatabaseUnavailable, StoredEvent, wakeups
 from tidings.eventstore.errors import EventStoreError, translate
 from tidings.eventstore.outage import Outage, backoff_delays, wait_or_stop
-from tidings.projections.base import Connection, InvalidEvent, Projection
+from tidings.projections.base import BatchProjection, Connection, InvalidEvent, Projection
 from tidings.projections.leader import LeaderLock
 from tidings.projections.sql import query
 
@@ -117,12 +117,21 @@ class Projector:
         batch = await self._db.store.read_ordered(
             after=after, limit=self._settings.batch_size, event_types=self._types, conn=conn
         )
+        # A projection that takes runs of events gets them at once, up to the next
+        # event a projection without that handles (the users projection comes
+        # first: a request sees the user as of its own event, as one by one).
+        runs: dict[str, list[StoredEvent]] = {}
         for event in batch.events:
             for projection in self._projections:
                 if event.position > positions[projection.name] and (
                     event.event_type in projection.event_types
                 ):
-                    await self._handle(projection, event, conn)
+                    if isinstance(projection, BatchProjection):
+                        runs.setdefault(projection.name, []).append(event)
+                    else:
+                        await self._handle_runs(runs, conn)
+                        await self._handle(projection, event, conn)
+        await self._handle_runs(runs, conn)
         # The checkpoints move up to the horizon even without events, so the
         # next read starts there; that alone is no progress (the write itself
         # takes a transaction id, which moves the horizon on), hence the
@@ -155,6 +164,39 @@ class Projector:
             row = await cur.fetchone()
             positions[projection.name] = int(row[0]) if row else 0
         return positions
+
+    async def _handle_runs(self, runs: dict[str, list[StoredEvent]], conn: Connection) -> None:
+        """Hand each batching projection its run of events; empties `runs`."""
+        for projection in self._projections:
+            events = runs.pop(projection.name, None)
+            if events and isinstance(projection, BatchProjection):
+                await self._handle_many(projection, events, conn)
+
+    async def _handle_many(
+        self, projection: BatchProjection, events: list[StoredEvent], conn: Connection
+    ) -> None:
+        """All at once in a savepoint; should that fail, one by one (as _handle)."""
+        if len(events) > 1:
+            try:
+                async with conn.transaction():
+                    await projection.handle_many(events, conn)
+                return
+            except DatabaseUnavailable:
+                raise
+            except psycopg.Error as exc:
+                error = translate(exc)
+                if isinstance(error, DatabaseUnavailable):
+                    raise error from exc
+                failed: Exception = error
+            except Exception as exc:
+                failed = exc
+            log.debug(
+                "projection %s: a run of %d events (positions %s to %s) failed at once (%s); "
+                "handling them one by one", projection.name, len(events), events[0].position,
+                events[-1].position, failed,
+            )  # fmt: skip
+        for event in events:
+            await self._handle(projection, event, conn)
 
     async def _handle(self, projection: Projection, event: StoredEvent, conn: Connection) -> None:
         try:

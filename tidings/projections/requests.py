@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tidings.clock import Clock, utc_now
@@ -25,11 +26,27 @@ from tidings.notification.sources import (
     SessionOTPChallenged,
 )
 from tidings.projections.base import Connection, InvalidEvent
-from tidings.projections.users import notify_user, read_source_payload
+from tidings.projections.sql import query
+from tidings.projections.users import notify_users, read_source_payload
 
 log = logging.getLogger(__name__)
 
 CREATOR = "tidings-projector"
+
+
+_NOT_REQUESTING = "not requesting %s for %s: %s"
+_UNKNOWN_USER = "requesting %s for %s although user %s is unknown; the worker decides"
+_BEFORE = "notification %s for %s was requested before"
+_REQUESTED = "requested %s %s via %s for %s"
+
+
+async def _requested_before(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (instance id, notification id) have events already."""
+    if not keys:
+        return set()
+    params = {"instance_ids": [k[0] for k in keys], "notification_ids": [k[1] for k in keys]}
+    cur = await conn.execute(query("notifications_existing"), params)
+    return {(row[0], row[1]) for row in await cur.fetchall()}
 
 
 class RequestsProjection:
@@ -51,54 +68,66 @@ class RequestsProjection:
         self._clock = clock
 
     async def handle(self, event: StoredEvent, conn: Connection) -> None:
-        source = MESSAGE_SOURCES[event.event_type]
-        if event.aggregate_type != source.aggregate_type:
-            raise InvalidEvent(
-                f"{event.event_type} at position {event.position} is on a "
-                f"{event.aggregate_type!r} aggregate, expected {source.aggregate_type!r}",
-                position=event.position,
-                event_type=event.event_type,
+        await self.handle_many([event], conn)
+
+    async def handle_many(self, events: Sequence[StoredEvent], conn: Connection) -> None:
+        """handle() for each event in turn, in three statements for all of them.
+
+        The users are read at once (the projector hands over no event that
+        changes a user between these), so are the notifications requested
+        before, and the new requests are appended together. Raises InvalidEvent
+        for the first event that cannot be used, having written nothing; the
+        log lines follow only once the requests are written.
+        """
+        lines: list[tuple[int, str, tuple[Any, ...]]] = []
+        wanted: list[tuple[StoredEvent, MessageSource, Any, str, str]] = []
+        for event in events:
+            source = MESSAGE_SOURCES[event.event_type]
+            if event.aggregate_type != source.aggregate_type:
+                raise InvalidEvent(
+                    f"{event.event_type} at position {event.position} is on a "
+                    f"{event.aggregate_type!r} aggregate, expected {source.aggregate_type!r}",
+                    position=event.position,
+                    event_type=event.event_type,
+                )
+            payload = read_source_payload(event, source.payload)
+            where = (
+                f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id} "
+                f"seq {event.sequence} (position {event.position})"
             )
-        payload = read_source_payload(event, source.payload)
-        where = (
-            f"{event.instance_id} {event.aggregate_type}/{event.aggregate_id} "
-            f"seq {event.sequence} (position {event.position})"
-        )
-        skip = self._skip_reason(event, source, payload)
-        user_id = (
-            payload.user_id if isinstance(payload, SessionOTPChallenged) else event.aggregate_id
-        )
-        if skip is None:
-            user = await notify_user(conn, instance_id=event.instance_id, user_id=user_id)
+            skip = self._skip_reason(event, source, payload)
+            if skip is not None:
+                lines.append((logging.INFO, _NOT_REQUESTING, (source.message_type, where, skip)))
+                continue
+            user_id = (
+                payload.user_id if isinstance(payload, SessionOTPChallenged) else event.aggregate_id
+            )
+            wanted.append((event, source, payload, user_id, where))
+        users = await notify_users(conn, sorted({(w[0].instance_id, w[3]) for w in wanted}))
+        requests: list[tuple[StoredEvent, MessageSource, Any, str, str, str]] = []
+        for event, source, payload, user_id, where in wanted:
+            user = users.get((event.instance_id, user_id))
             if user is not None and user.state == "removed":
                 skip = f"user {user_id} was removed"
-            elif user is None:
-                log.info(
-                    "requesting %s for %s although user %s is unknown; the worker decides",
-                    source.message_type, where, user_id,
-                )  # fmt: skip
-        if skip is not None:
-            log.info("not requesting %s for %s: %s", source.message_type, where, skip)
-            return
-
-        nid = notification_id(
-            instance_id=event.instance_id,
-            aggregate_type=event.aggregate_type,
-            aggregate_id=event.aggregate_id,
-            sequence=event.sequence,
-        )
-        existing = await self._store.aggregate_sequence(
-            instance_id=event.instance_id,
-            aggregate_type=NOTIFICATION_AGGREGATE,
-            aggregate_id=nid,
-            conn=conn,
-        )
-        if existing:
-            log.debug("notification %s for %s was requested before", nid, where)
-            return
-        request = self._request(event, source, payload, user_id)
-        await self._store.append(
-            [
+                lines.append((logging.INFO, _NOT_REQUESTING, (source.message_type, where, skip)))
+                continue
+            if user is None:
+                lines.append((logging.INFO, _UNKNOWN_USER, (source.message_type, where, user_id)))
+            nid = notification_id(
+                instance_id=event.instance_id,
+                aggregate_type=event.aggregate_type,
+                aggregate_id=event.aggregate_id,
+                sequence=event.sequence,
+            )
+            requests.append((event, source, payload, user_id, where, nid))
+        before = await _requested_before(conn, [(r[0].instance_id, r[5]) for r in requests])
+        appended: list[NewEvent] = []
+        for event, source, payload, user_id, where, nid in requests:
+            if (event.instance_id, nid) in before:
+                lines.append((logging.DEBUG, _BEFORE, (nid, where)))
+                continue
+            request = self._request(event, source, payload, user_id)
+            appended.append(
                 NewEvent(
                     instance_id=event.instance_id,
                     aggregate_type=NOTIFICATION_AGGREGATE,
@@ -109,10 +138,13 @@ class RequestsProjection:
                     owner=event.owner,
                     creator=CREATOR,
                 )
-            ],
-            conn=conn,
-        )
-        log.info("requested %s %s via %s for %s", source.message_type, nid, request.channel, where)
+            )
+            lines.append(
+                (logging.INFO, _REQUESTED, (source.message_type, nid, request.channel, where))
+            )
+        await self._store.append(appended, conn=conn)
+        for level, message, args in lines:
+            log.log(level, message, *args)
 
     def _skip_reason(self, event: StoredEvent, source: MessageSource, payload: Any) -> str | None:
         if source.setting is not None and not getattr(self._settings, source.setting):

@@ -125,18 +125,20 @@ class AttemptRunner:
         """Attempt a claimed bulk concurrently, then record every outcome.
 
         Never raises: every way an attempt can end is an outcome, logged. The
-        users are read in one query and the outcomes appended together (one
-        commit per bulk); a refused late outcome is taken out and the rest
-        appended again.
+        users come with the claim (or are read in one query for a bulk claimed
+        without them) and the outcomes are appended together (one commit per
+        bulk); a refused late outcome is taken out and the rest appended again.
         """
         deadline = lease_deadline(
             bulk, lease=self._settings.transaction_duration, clock=self._clock
         )
-        keys = sorted({_user_key(c) for c in bulk})
+        users = _users_read(bulk)
+        keys = sorted({_user_key(c) for c in bulk if not c.user_read})
         try:
-            users = await while_leased(
-                lambda: self._users(keys), deadline=deadline, clock=self._clock
-            )
+            if keys:
+                users |= await while_leased(
+                    lambda: self._users(keys), deadline=deadline, clock=self._clock
+                )
             # Only when a first attempt finds no user (rare): is the model behind?
             unknown = any(_user_key(c) not in users and not c.notify_user for c in bulk)
             checkpoint = (
@@ -453,6 +455,16 @@ def _request_fields(claimed: Claimed) -> dict[str, Any]:
 def _message_type(claimed: Claimed) -> str | None:
     value = _request_fields(claimed).get("message_type")
     return str(value) if value is not None else None
+
+
+def _users_read(bulk: list[Claimed]) -> dict[tuple[str, str], NotifyUser]:
+    """The users that came with the claim, by (instance id, user id)."""
+    users: dict[tuple[str, str], NotifyUser] = {}
+    for claimed in bulk:
+        if claimed.user is not None:
+            user = NotifyUser.model_validate(claimed.user)
+            users[user.instance_id, user.user_id] = user
+    return users
 
 
 def _user_key(claimed: Claimed) -> tuple[str, str]:

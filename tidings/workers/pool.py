@@ -161,7 +161,11 @@ class WorkerPool:
                 continue
             if claimed:
                 await self.process(claimed)
-                continue
+                if len(claimed) >= self._settings.bulk_limit or wake.is_set():
+                    continue
+                # A short bulk took every row claimable at the claim, and an append
+                # since then has woken this worker (or will, and ends the wait at
+                # once): no second claim to find nothing, straight to the idle path.
             try:
                 if until_idle and not await self.queue.has_pending(kinds):
                     return

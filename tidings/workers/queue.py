@@ -33,10 +33,34 @@ class Claimed:
     backoff: str | None
     last_error: str | None
     leased_until: datetime | None = None  # by the workers' clock; None: not from the queue
+    # The users read model's row for the request's user, read with the claim (None:
+    # not known to it); only when `user_read`, else the runner looks the user up.
+    user: dict[str, Any] | None = None
+    user_read: bool = False
 
     @property
     def attempt(self) -> int:
         return self.attempts + 1
+
+
+# The users read model's columns claim_due returns as u_<name> (NULL: unknown user).
+_USER_COLUMNS = tuple(
+    f"u_{name}"
+    for name in (
+        "user_id", "resource_owner", "username", "first_name", "last_name", "display_name",
+        "preferred_language", "last_email", "verified_email", "last_phone", "verified_phone",
+        "state", "sequence", "change_date",
+    )
+)  # fmt: skip
+
+
+def _claimed(row: dict[str, Any]) -> Claimed:
+    """A claim_due row: the queue's columns, and the user's as u_* (NULL: unknown)."""
+    user = {name[2:]: row.pop(name) for name in _USER_COLUMNS}
+    if user["user_id"] is None:
+        return Claimed(**row, user=None, user_read=True)
+    user["instance_id"] = row["instance_id"]
+    return Claimed(**row, user=user, user_read=True)
 
 
 class PendingQueue:
@@ -69,7 +93,7 @@ class PendingQueue:
             ):
                 await cur.execute(query("claim_due"), params)
                 rows = await cur.fetchall()
-        return [Claimed(**row) for row in rows]
+        return [_claimed(row) for row in rows]
 
     async def release(self, put_off: list[tuple[Claimed, datetime]]) -> None:
         """Give leases back early: each notification is claimable again from its time.

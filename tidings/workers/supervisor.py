@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("tidings.supervisor")
 
@@ -32,11 +33,33 @@ MAX_BACKOFF = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), at least 1."""
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use, at least 1: the CPUs it may run on (its
+    affinity), no more than its cgroup's CPU quota allows (a container's CPU
+    limit: `cpu: 2` in Kubernetes gives 2 however many the node has).
+    """
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, int(quota))  # a limit of 1.5 runs one process, not two
+    return max(1, cores)
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs the cgroup's quota allows (cgroup v2 cpu.max, else v1 cfs_quota_us); None: no limit."""
+    with contextlib.suppress(OSError, ValueError):
+        quota, _, period = (root / "cpu.max").read_text().strip().partition(" ")
+        if quota == "max":
+            return None
+        return int(quota) / int(period or "100000")
+    with contextlib.suppress(OSError, ValueError):
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
