@@ -284,3 +284,28 @@ async def test_run_serve_runs_the_api_next_to_the_workers(conninfo: str, tmp_pat
             await wait_for(sent, "the workers of the same process to send it")
         assert run.stop() == 0, run.stderr()
     assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 1
+
+
+@pytest.mark.parametrize("low", [False, True])
+def test_serve_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low(
+    low: bool,
+) -> None:
+    """Each open stream holds a socket: serve lifts the soft limit to the hard one."""
+    import resource
+    import sys
+
+    hard = 512 if low else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    warned = hard < 1200  # api.max_concurrency 1000 plus the margin
+
+    script = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, (256, {hard}))\n"
+        "from tidings.cli.serve import _open_files_for\n"
+        "_open_files_for(1000)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert int(done.stdout) == hard
+    assert ("open-files limit 512 is below api.max_concurrency 1000" in done.stderr) is warned

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
+import resource
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,6 +73,7 @@ def serve_command(ctx: click.Context, addr: str | None, print_openapi: bool) -> 
         return
     settings = settings_of(ctx)
     host, port = parse_address(addr) if addr else settings.api.address()
+    _open_files_for(settings.api.max_concurrency)
 
     async def go() -> None:
         async with open_database(settings.database) as db:
@@ -82,6 +85,27 @@ def serve_command(ctx: click.Context, addr: str | None, print_openapi: bool) -> 
         log.info("stopped: the requests in flight were answered")
 
     run(go(), fast_loop=True)
+
+
+def _open_files_for(connections: int) -> None:
+    """Raise the soft open-files limit to the hard one: each open stream holds a socket.
+
+    Says so when even the hard limit is below api.max_concurrency plus a margin
+    (the server would refuse connections with EMFILE before 503 could).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    wanted = connections + 200  # the database pool, the log, the listener, ...
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open-files limit %d is below api.max_concurrency %d plus a margin: connections "
+            "past it fail with 'too many open files'; raise the limit (ulimit -n, LimitNOFILE, "
+            "the container's nofile) or lower api.max_concurrency",
+            soft, connections,
+        )  # fmt: skip
 
 
 @asynccontextmanager
