@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0009 applied).
+-- (migrations 0001..0011 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -149,23 +149,25 @@ CREATE FUNCTION tidings.append_events(p_instance_ids text[], p_aggregate_types t
     AS $$
 DECLARE
     n          integer := coalesce(array_length(p_event_types, 1), 0);
-    lock_key   integer;
     tx_base    bigint;
     first_pos  bigint;
     sequences  bigint[];  -- the sequence each event gets
     heads      bigint[];  -- the position of its aggregate's last stored event
+    bad        record;
     wake       jsonb;
 BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    FOR lock_key IN
-        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a)
+    -- One lock per aggregate, taken in hash order (the subquery's ORDER BY is
+    -- the order the outer level calls the function in): two appends on the
+    -- same aggregates queue instead of deadlocking.
+    PERFORM pg_advisory_xact_lock(7101, k.lock_key)
+    FROM (
+        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a) AS lock_key
         FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids) AS u(i, t, a)
         ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock(7101, lock_key);
-    END LOOP;
+    ) k;
 
     tx_base := (pg_current_xact_id()::text::bigint) << 16;
     SELECT coalesce(max(e.position) + 1, tx_base) INTO first_pos
@@ -195,38 +197,44 @@ BEGIN
         LIMIT 1
     ) h ON true;
 
-    FOR i IN 1..n LOOP
-        IF p_expected[i] IS NOT NULL AND p_expected[i] <> sequences[i] - 1 THEN
+    -- The first event whose expected sequence does not hold, or whose
+    -- aggregate's last event lies at or after this transaction's positions.
+    SELECT c.ord, c.expected, c.actual
+    INTO bad
+    FROM unnest(p_expected, sequences, heads) WITH ORDINALITY AS c(expected, actual, head, ord)
+    WHERE (c.expected IS NOT NULL AND c.expected <> c.actual - 1) OR c.head >= first_pos
+    ORDER BY c.ord
+    LIMIT 1;
+    IF FOUND THEN
+        IF bad.expected IS NOT NULL AND bad.expected <> bad.actual - 1 THEN
             RAISE EXCEPTION USING
                 ERRCODE = 'TD001',
                 MESSAGE = format(
                     'concurrent append to %s/%s/%s: expected sequence %s, the aggregate is at %s',
-                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i],
-                    p_expected[i], sequences[i] - 1),
+                    p_instance_ids[bad.ord], p_aggregate_types[bad.ord],
+                    p_aggregate_ids[bad.ord], bad.expected, bad.actual - 1),
                 DETAIL = jsonb_build_object(
-                    'index', i - 1,
-                    'instance_id', p_instance_ids[i],
-                    'aggregate_type', p_aggregate_types[i],
-                    'aggregate_id', p_aggregate_ids[i],
-                    'expected_sequence', p_expected[i],
-                    'actual_sequence', sequences[i] - 1)::text;
+                    'index', bad.ord - 1,
+                    'instance_id', p_instance_ids[bad.ord],
+                    'aggregate_type', p_aggregate_types[bad.ord],
+                    'aggregate_id', p_aggregate_ids[bad.ord],
+                    'expected_sequence', bad.expected,
+                    'actual_sequence', bad.actual - 1)::text;
         END IF;
-        IF heads[i] >= first_pos THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'TD003',
-                MESSAGE = format(
-                    'append to %s/%s/%s would land before its last event: the transaction '
-                    'wrote before that event committed; retry in a new transaction',
-                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i]),
-                DETAIL = jsonb_build_object(
-                    'index', i - 1,
-                    'instance_id', p_instance_ids[i],
-                    'aggregate_type', p_aggregate_types[i],
-                    'aggregate_id', p_aggregate_ids[i],
-                    'expected_sequence', p_expected[i],
-                    'actual_sequence', sequences[i] - 1)::text;
-        END IF;
-    END LOOP;
+        RAISE EXCEPTION USING
+            ERRCODE = 'TD003',
+            MESSAGE = format(
+                'append to %s/%s/%s would land before its last event: the transaction '
+                'wrote before that event committed; retry in a new transaction',
+                p_instance_ids[bad.ord], p_aggregate_types[bad.ord], p_aggregate_ids[bad.ord]),
+            DETAIL = jsonb_build_object(
+                'index', bad.ord - 1,
+                'instance_id', p_instance_ids[bad.ord],
+                'aggregate_type', p_aggregate_types[bad.ord],
+                'aggregate_id', p_aggregate_ids[bad.ord],
+                'expected_sequence', bad.expected,
+                'actual_sequence', bad.actual - 1)::text;
+    END IF;
 
     RETURN QUERY
     WITH inserted AS (
@@ -386,37 +394,111 @@ $$;
 
 
 --
--- Name: pending_apply(); Type: FUNCTION; Schema: tidings; Owner: -
+-- Name: pending_apply_event(text, text, text, bigint, jsonb, timestamp with time zone); Type: FUNCTION; Schema: tidings; Owner: -
 --
 
-CREATE FUNCTION tidings.pending_apply() RETURNS trigger
+CREATE FUNCTION tidings.pending_apply_event(p_instance_id text, p_notification_id text, p_event_type text, p_sequence bigint, p_payload jsonb, p_created_at timestamp with time zone) RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    IF NEW.event_type = 'notification.requested' THEN
+    IF p_event_type = 'notification.requested' THEN
         INSERT INTO tidings.pending_notifications AS p (
             instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
             request)
         VALUES (
-            NEW.instance_id, NEW.aggregate_id, 'request', NEW.sequence, 0, NEW.created_at,
-            NEW.created_at, NEW.payload->'request')
+            p_instance_id, p_notification_id, 'request', p_sequence, 0, p_created_at,
+            p_created_at, p_payload->'request')
         ON CONFLICT (instance_id, notification_id) DO NOTHING;
-    ELSIF NEW.event_type = 'notification.retry.requested' THEN
+    ELSIF p_event_type = 'notification.retry.requested' THEN
         UPDATE tidings.pending_notifications SET
             kind = 'retry',
-            sequence = NEW.sequence,
-            attempts = tidings.pending_attempt(NEW.payload),
-            due_at = tidings.pending_due_at(NEW.payload, NEW.created_at),
+            sequence = p_sequence,
+            attempts = tidings.pending_attempt(p_payload),
+            due_at = tidings.pending_due_at(p_payload, p_created_at),
             leased_until = NULL,
             lease_owner = NULL,
-            request = coalesce(NEW.payload->'request', request),
-            notify_user = NEW.payload->'notify_user',
-            backoff = NEW.payload->>'backoff',
-            last_error = NEW.payload->>'error'
-        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
-    ELSIF NEW.event_type IN ('notification.sent', 'notification.canceled') THEN
+            request = coalesce(p_payload->'request', request),
+            notify_user = p_payload->'notify_user',
+            backoff = p_payload->>'backoff',
+            last_error = p_payload->>'error'
+        WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
+    ELSIF p_event_type IN ('notification.sent', 'notification.canceled') THEN
         DELETE FROM tidings.pending_notifications
-        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
+        WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
+    END IF;
+END;
+$$;
+
+
+--
+-- Name: pending_apply_statement(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    several text[];  -- notifications (instance, id, as one key) with more than one event here
+    r       record;
+BEGIN
+    SELECT array_agg(k) INTO several
+    FROM (
+        SELECT a.instance_id || chr(31) || a.aggregate_id AS k
+        FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                               'notification.sent', 'notification.canceled')
+        GROUP BY a.instance_id, a.aggregate_id
+        HAVING count(*) > 1
+    ) s;
+    several := coalesce(several, '{}');
+
+    INSERT INTO tidings.pending_notifications AS p (
+        instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
+    SELECT a.instance_id, a.aggregate_id, 'request', a.sequence, 0, a.created_at, a.created_at,
+           a.payload->'request'
+    FROM added a
+    WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested'
+      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
+    ON CONFLICT (instance_id, notification_id) DO NOTHING;
+
+    UPDATE tidings.pending_notifications p SET
+        kind = 'retry',
+        sequence = a.sequence,
+        attempts = tidings.pending_attempt(a.payload),
+        due_at = tidings.pending_due_at(a.payload, a.created_at),
+        leased_until = NULL,
+        lease_owner = NULL,
+        request = coalesce(a.payload->'request', p.request),
+        notify_user = a.payload->'notify_user',
+        backoff = a.payload->>'backoff',
+        last_error = a.payload->>'error'
+    FROM added a
+    WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.retry.requested'
+      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
+      AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
+
+    DELETE FROM tidings.pending_notifications p
+    USING added a
+    WHERE a.aggregate_type = 'notification'
+      AND a.event_type IN ('notification.sent', 'notification.canceled')
+      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
+      AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
+
+    IF cardinality(several) > 0 THEN
+        FOR r IN
+            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
+                   a.created_at
+            FROM added a
+            WHERE a.aggregate_type = 'notification'
+              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                                   'notification.sent', 'notification.canceled')
+              AND a.instance_id || chr(31) || a.aggregate_id = ANY(several)
+            ORDER BY a.position
+        LOOP
+            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
+                                                r.sequence, r.payload, r.created_at);
+        END LOOP;
     END IF;
     RETURN NULL;
 END;
@@ -1015,7 +1097,7 @@ CREATE TRIGGER events_feed AFTER INSERT ON tidings.events REFERENCING NEW TABLE 
 -- Name: events events_pending_notifications; Type: TRIGGER; Schema: tidings; Owner: -
 --
 
-CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events FOR EACH ROW WHEN ((new.aggregate_type = 'notification'::text)) EXECUTE FUNCTION tidings.pending_apply();
+CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tidings.pending_apply_statement();
 
 
 --
@@ -1032,4 +1114,6 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (6, 'audit_lookups', 'f123ead9a1e773054cbb48109c9231f136c7f161a64198e1fe12fcabaef73e7b'),
     (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146'),
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
-    (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98');
+    (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
+    (10, 'placeholder', '2a6ecb1344ff54af8974a167bd5f738d1adafbaf3db3a3a22edfcfdf2a261b91'),
+    (11, 'append_at_set_speed', 'f94c7921253fb2ff7d88e5c79dbb485fe459ad94bb57b0db96f0f5405d5ce892');
