@@ -438,20 +438,23 @@ CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    several text[];  -- notifications (instance, id, as one key) with more than one event here
+    touched bigint;  -- notifications with queue events here
+    several text[];  -- those with more than one (instance, id, as one key)
     r       record;
 BEGIN
-    SELECT array_agg(k) INTO several
+    SELECT count(*), coalesce(array_agg(s.k) FILTER (WHERE s.n > 1), '{}')
+    INTO touched, several
     FROM (
-        SELECT a.instance_id || chr(31) || a.aggregate_id AS k
+        SELECT a.instance_id || chr(31) || a.aggregate_id AS k, count(*) AS n
         FROM added a
         WHERE a.aggregate_type = 'notification'
           AND a.event_type IN ('notification.requested', 'notification.retry.requested',
                                'notification.sent', 'notification.canceled')
         GROUP BY a.instance_id, a.aggregate_id
-        HAVING count(*) > 1
     ) s;
-    several := coalesce(several, '{}');
+    IF touched = 0 THEN
+        RETURN NULL;
+    END IF;
 
     INSERT INTO tidings.pending_notifications AS p (
         instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
@@ -1116,4 +1119,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'placeholder', '2a6ecb1344ff54af8974a167bd5f738d1adafbaf3db3a3a22edfcfdf2a261b91'),
-    (11, 'append_at_set_speed', 'f94c7921253fb2ff7d88e5c79dbb485fe459ad94bb57b0db96f0f5405d5ce892');
+    (11, 'append_at_set_speed', 'ce1fb82319bb23684c42c5030a76b4c6e28a502f9a4ccd76fc55100acd0893fe');

@@ -56,20 +56,23 @@ $$;
 -- here; the others fold their events in log order.
 CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    several text[];  -- notifications (instance, id, as one key) with more than one event here
+    touched bigint;  -- notifications with queue events here
+    several text[];  -- those with more than one (instance, id, as one key)
     r       record;
 BEGIN
-    SELECT array_agg(k) INTO several
+    SELECT count(*), coalesce(array_agg(s.k) FILTER (WHERE s.n > 1), '{}')
+    INTO touched, several
     FROM (
-        SELECT a.instance_id || chr(31) || a.aggregate_id AS k
+        SELECT a.instance_id || chr(31) || a.aggregate_id AS k, count(*) AS n
         FROM added a
         WHERE a.aggregate_type = 'notification'
           AND a.event_type IN ('notification.requested', 'notification.retry.requested',
                                'notification.sent', 'notification.canceled')
         GROUP BY a.instance_id, a.aggregate_id
-        HAVING count(*) > 1
     ) s;
-    several := coalesce(several, '{}');
+    IF touched = 0 THEN
+        RETURN NULL;
+    END IF;
 
     INSERT INTO tidings.pending_notifications AS p (
         instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
