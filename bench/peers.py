@@ -424,10 +424,11 @@ async def trickle_pgqueuer(url: str, jobs: int, rate: float) -> dict[str, float]
 
 
 async def trickle_tidings(url: str, jobs: int, rate: float) -> dict[str, float]:
+    import psycopg
+    from psycopg.types.json import Jsonb
     from workers import CRYPTO, INSTANCES, USERS, requested
 
-    from tidings.config import DatabaseSettings
-    from tidings.eventstore import open_database
+    from tidings.eventstore.models import EVENTS_CHANNEL
     from tidings.notification.codes import CodeCipher
 
     cipher = CodeCipher.from_settings(CRYPTO)
@@ -438,11 +439,20 @@ async def trickle_tidings(url: str, jobs: int, rate: float) -> dict[str, float]:
         )
         for i in range(jobs)
     ]  # fmt: skip
-    async with open_database(DatabaseSettings(url=url, pool_max_size=2)) as db:
+    # Through tidings.append_events' array form, the same in every checkout: this
+    # process's EventStore would refuse a --baseline checkout's database when the
+    # two are at different schema versions. Only the commit time counts here.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
 
         async def enqueue(i: int) -> str:
-            await db.store.append([events[i]])
-            return events[i].aggregate_id
+            e = events[i]
+            await conn.execute(
+                "SELECT tidings.append_events(ARRAY[%s], ARRAY[%s], ARRAY[%s], ARRAY[%s::bigint],"
+                " ARRAY[%s], ARRAY[%s::jsonb], ARRAY[%s], ARRAY[%s], %s)",
+                (e.instance_id, e.aggregate_type, e.aggregate_id, e.expected_sequence,
+                 e.event_type, Jsonb(e.payload), e.owner, e.creator, EVENTS_CHANNEL),
+            )  # fmt: skip
+            return e.aggregate_id
 
         return await steady(jobs, rate, enqueue)
 
