@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, TypeAdapter
 
 from tidings.eventstore.errors import translated_errors
 from tidings.eventstore.filters import Trail, compose_select
@@ -26,7 +26,10 @@ from tidings.eventstore.sql import query
 Connection = AsyncConnection[Any]
 
 # A batch to append, encoded to JSON in one call (not one encoding per payload).
-_EVENTS: TypeAdapter[list[NewEvent]] = TypeAdapter(list[NewEvent])
+# NaN and infinities go as they are, for the database to refuse (never as null).
+_EVENTS: TypeAdapter[list[NewEvent]] = TypeAdapter(
+    list[NewEvent], config=ConfigDict(ser_json_inf_nan="constants")
+)
 
 
 @asynccontextmanager
