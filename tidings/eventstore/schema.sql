@@ -64,71 +64,95 @@ CREATE FUNCTION tidings.append_events(p_events jsonb) RETURNS TABLE(out_position
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    n    integer;
-    e    jsonb;
-    k    text;
-    i    integer := 0;
+    problem          text;
+    instance_ids     text[];
+    aggregate_types  text[];
+    aggregate_ids    text[];
+    expected         bigint[];
+    event_types      text[];
+    payloads         jsonb[];
+    owners           text[];
+    creators         text[];
 BEGIN
     IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' OR jsonb_array_length(p_events) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = 'tidings.append_events expects a non-empty JSON array of events';
     END IF;
-    n := jsonb_array_length(p_events);
-    FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
-        IF jsonb_typeof(e) IS DISTINCT FROM 'object' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: expected a JSON object', i);
-        END IF;
-        FOREACH k IN ARRAY ARRAY['instance_id', 'aggregate_type', 'aggregate_id', 'event_type'] LOOP
-            IF jsonb_typeof(e->k) IS DISTINCT FROM 'string' OR e->>k = '' THEN
-                RAISE EXCEPTION USING ERRCODE = '22023',
-                    MESSAGE = format('event %s: %s must be a non-empty string', i, k);
-            END IF;
-        END LOOP;
-        FOR k IN SELECT jsonb_object_keys(e) LOOP
-            IF k NOT IN ('instance_id', 'aggregate_type', 'aggregate_id', 'event_type',
-                         'payload', 'expected_sequence', 'owner', 'creator') THEN
-                RAISE EXCEPTION USING ERRCODE = '22023',
-                    MESSAGE = format('event %s: unknown field %s', i, k);
-            END IF;
-        END LOOP;
-        IF NOT (e->>'event_type' LIKE 'user.%' OR e->>'event_type' LIKE 'session.%')
-           OR e->>'aggregate_type' <> split_part(e->>'event_type', '.', 1) THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: %s on a %s aggregate: only user.* events on user '
-                                 'and session.* events on session aggregates may be appended',
-                                 i, e->>'event_type', e->>'aggregate_type');
-        END IF;
-        IF jsonb_typeof(coalesce(e->'payload', '{}')) <> 'object' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: payload must be a JSON object', i);
-        END IF;
-        IF jsonb_typeof(e->'payload'->'code') = 'object' AND e->'payload'->'code' ? 'plain' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: payload.code must be encrypted here; send plain '
-                                 'codes through POST /v1/events', i);
-        END IF;
-        IF e ? 'expected_sequence' AND jsonb_typeof(e->'expected_sequence') <> 'null'
-           AND (jsonb_typeof(e->'expected_sequence') <> 'number'
-                OR (e->>'expected_sequence')::numeric < 0) THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: expected_sequence must be a number >= 0', i);
-        END IF;
-        i := i + 1;
-    END LOOP;
+
+    SELECT c.problem INTO problem
+    FROM (
+        SELECT t.o, CASE
+            WHEN jsonb_typeof(t.x) IS DISTINCT FROM 'object' THEN
+                format('event %s: expected a JSON object', t.o - 1)
+            WHEN jsonb_typeof(t.x->'instance_id') IS DISTINCT FROM 'string'
+                 OR t.x->>'instance_id' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'instance_id')
+            WHEN jsonb_typeof(t.x->'aggregate_type') IS DISTINCT FROM 'string'
+                 OR t.x->>'aggregate_type' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'aggregate_type')
+            WHEN jsonb_typeof(t.x->'aggregate_id') IS DISTINCT FROM 'string'
+                 OR t.x->>'aggregate_id' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'aggregate_id')
+            WHEN jsonb_typeof(t.x->'event_type') IS DISTINCT FROM 'string'
+                 OR t.x->>'event_type' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'event_type')
+            WHEN EXISTS (
+                SELECT 1 FROM jsonb_object_keys(t.x) AS k(name)
+                WHERE k.name NOT IN ('instance_id', 'aggregate_type', 'aggregate_id',
+                                     'event_type', 'payload', 'expected_sequence', 'owner',
+                                     'creator')
+            ) THEN
+                format('event %s: unknown field %s', t.o - 1, (
+                    SELECT k.name FROM jsonb_object_keys(t.x) WITH ORDINALITY AS k(name, n)
+                    WHERE k.name NOT IN ('instance_id', 'aggregate_type', 'aggregate_id',
+                                         'event_type', 'payload', 'expected_sequence', 'owner',
+                                         'creator')
+                    ORDER BY k.n
+                    LIMIT 1))
+            WHEN NOT (t.x->>'event_type' LIKE 'user.%' OR t.x->>'event_type' LIKE 'session.%')
+                 OR t.x->>'aggregate_type' <> split_part(t.x->>'event_type', '.', 1) THEN
+                format('event %s: %s on a %s aggregate: only user.* events on user '
+                       'and session.* events on session aggregates may be appended',
+                       t.o - 1, t.x->>'event_type', t.x->>'aggregate_type')
+            WHEN jsonb_typeof(coalesce(t.x->'payload', '{}')) <> 'object' THEN
+                format('event %s: payload must be a JSON object', t.o - 1)
+            WHEN jsonb_typeof(t.x->'payload'->'code') = 'object'
+                 AND t.x->'payload'->'code' ? 'plain' THEN
+                format('event %s: payload.code must be encrypted here; send plain '
+                       'codes through POST /v1/events', t.o - 1)
+            WHEN t.x ? 'expected_sequence'
+                 AND jsonb_typeof(t.x->'expected_sequence') NOT IN ('null', 'number') THEN
+                format('event %s: expected_sequence must be a number >= 0', t.o - 1)
+            WHEN jsonb_typeof(t.x->'expected_sequence') = 'number'
+                 AND (t.x->>'expected_sequence')::numeric < 0 THEN
+                format('event %s: expected_sequence must be a number >= 0', t.o - 1)
+        END AS problem
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o)
+    ) c
+    WHERE c.problem IS NOT NULL
+    ORDER BY c.o
+    LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = problem;
+    END IF;
+
+    SELECT array_agg(t.x->>'instance_id' ORDER BY t.o),
+           array_agg(t.x->>'aggregate_type' ORDER BY t.o),
+           array_agg(t.x->>'aggregate_id' ORDER BY t.o),
+           array_agg((t.x->>'expected_sequence')::bigint ORDER BY t.o),
+           array_agg(t.x->>'event_type' ORDER BY t.o),
+           array_agg(coalesce(t.x->'payload', '{}') ORDER BY t.o),
+           array_agg(coalesce(t.x->>'owner', '') ORDER BY t.o),
+           array_agg(coalesce(t.x->>'creator', current_user) ORDER BY t.o)
+    INTO instance_ids, aggregate_types, aggregate_ids, expected, event_types, payloads,
+         owners, creators
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o);
 
     RETURN QUERY
     SELECT a.out_position, a.out_sequence, a.out_created_at
     FROM tidings.append_events(
-        ARRAY(SELECT x->>'instance_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'aggregate_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'aggregate_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT (x->>'expected_sequence')::bigint FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'event_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->'payload', '{}') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->>'owner', '') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->>'creator', current_user) FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        'tidings_events') AS a;
+        instance_ids, aggregate_types, aggregate_ids, expected, event_types, payloads,
+        owners, creators, 'tidings_events') AS a;
 END;
 $$;
 
@@ -1119,4 +1143,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'placeholder', '2a6ecb1344ff54af8974a167bd5f738d1adafbaf3db3a3a22edfcfdf2a261b91'),
-    (11, 'append_at_set_speed', 'ce1fb82319bb23684c42c5030a76b4c6e28a502f9a4ccd76fc55100acd0893fe');
+    (11, 'append_at_set_speed', 'b985614d84c95c7c4720d160e07cfd2ccd3739f127cb4bbab96f276917d4a055');
