@@ -1143,4 +1143,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'placeholder', '2a6ecb1344ff54af8974a167bd5f738d1adafbaf3db3a3a22edfcfdf2a261b91'),
-    (11, 'append_at_set_speed', 'b985614d84c95c7c4720d160e07cfd2ccd3739f127cb4bbab96f276917d4a055');
+    (11, 'append_at_set_speed', 'f8b3ac767a7fcf6a715d416f77eb023c1606b810b4ecb0de09a7a01f06f8fa58');

@@ -15,6 +15,9 @@
 --    transaction's first write, so an aggregate's positions still grow with
 --    its sequences; the first event that fails a check is still the one the
 --    error names.
+-- 3. The in-database door, tidings.append_events(jsonb), checks a whole batch
+--    in one statement instead of a loop of statements per element (same
+--    checks, order and messages).
 
 -- One queue event applied to its notification's row, as 0004's row trigger did.
 CREATE FUNCTION tidings.pending_apply_event(
