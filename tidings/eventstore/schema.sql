@@ -463,13 +463,12 @@ CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger
     AS $$
 DECLARE
     touched bigint;  -- notifications with queue events here
-    several text[];  -- those with more than one (instance, id, as one key)
+    several bigint;  -- those with more than one
     r       record;
 BEGIN
-    SELECT count(*), coalesce(array_agg(s.k) FILTER (WHERE s.n > 1), '{}')
-    INTO touched, several
+    SELECT count(*), count(*) FILTER (WHERE s.n > 1) INTO touched, several
     FROM (
-        SELECT a.instance_id || chr(31) || a.aggregate_id AS k, count(*) AS n
+        SELECT count(*) AS n
         FROM added a
         WHERE a.aggregate_type = 'notification'
           AND a.event_type IN ('notification.requested', 'notification.retry.requested',
@@ -479,6 +478,21 @@ BEGIN
     IF touched = 0 THEN
         RETURN NULL;
     END IF;
+    IF several > 0 THEN
+        FOR r IN
+            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
+                   a.created_at
+            FROM added a
+            WHERE a.aggregate_type = 'notification'
+              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                                   'notification.sent', 'notification.canceled')
+            ORDER BY a.position
+        LOOP
+            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
+                                                r.sequence, r.payload, r.created_at);
+        END LOOP;
+        RETURN NULL;
+    END IF;
 
     INSERT INTO tidings.pending_notifications AS p (
         instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
@@ -486,7 +500,6 @@ BEGIN
            a.payload->'request'
     FROM added a
     WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested'
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
     ON CONFLICT (instance_id, notification_id) DO NOTHING;
 
     UPDATE tidings.pending_notifications p SET
@@ -502,31 +515,14 @@ BEGIN
         last_error = a.payload->>'error'
     FROM added a
     WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.retry.requested'
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
       AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
 
     DELETE FROM tidings.pending_notifications p
     USING added a
     WHERE a.aggregate_type = 'notification'
       AND a.event_type IN ('notification.sent', 'notification.canceled')
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
       AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
 
-    IF cardinality(several) > 0 THEN
-        FOR r IN
-            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
-                   a.created_at
-            FROM added a
-            WHERE a.aggregate_type = 'notification'
-              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
-                                   'notification.sent', 'notification.canceled')
-              AND a.instance_id || chr(31) || a.aggregate_id = ANY(several)
-            ORDER BY a.position
-        LOOP
-            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
-                                                r.sequence, r.payload, r.created_at);
-        END LOOP;
-    END IF;
     RETURN NULL;
 END;
 $$;
@@ -1143,4 +1139,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'placeholder', '2a6ecb1344ff54af8974a167bd5f738d1adafbaf3db3a3a22edfcfdf2a261b91'),
-    (11, 'append_at_set_speed', 'f8b3ac767a7fcf6a715d416f77eb023c1606b810b4ecb0de09a7a01f06f8fa58');
+    (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e');

@@ -4,10 +4,11 @@
 --    The row trigger of 0004 ran a plpgsql function and one statement per
 --    notification event; now one statement per kind of change reads the
 --    statement's new rows (a transition table, as the feed's trigger does).
---    It is the same projection, in the same transaction: a notification with
---    one queue event in the statement (every request the projector appends,
---    every outcome a worker appends) changes its row in a set; one with
---    several (a whole life appended at once) has them applied one by one in
+--    It is the same projection, in the same transaction: when every
+--    notification has one queue event in the statement (every batch of
+--    requests the projector appends, every bulk of outcomes a worker
+--    appends), the rows change in sets; a statement where one has several (a
+--    whole life appended at once) has its queue events applied one by one in
 --    log order, exactly as the row trigger did.
 -- 2. tidings.append_events takes its per-aggregate locks and checks the
 --    expected sequences with one statement each instead of a loop per event.
@@ -54,19 +55,22 @@ END;
 $$;
 
 -- The statement's queue events: requests insert, retries update, sends and
--- cancels delete. Rows of different notifications are independent, so the
--- three statements may run in any order for notifications with one event
--- here; the others fold their events in log order.
+-- cancels delete. When each notification has one queue event here (the
+-- projector's requests, the workers' outcomes), rows of different
+-- notifications are independent and the three statements run in sets. When
+-- one has several (a whole life appended at once: imports, tests), the
+-- statement's queue events are applied one by one in log order, as 0004's row
+-- trigger did. Either way the cost grows with the statement's size, never its
+-- square.
 CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     touched bigint;  -- notifications with queue events here
-    several text[];  -- those with more than one (instance, id, as one key)
+    several bigint;  -- those with more than one
     r       record;
 BEGIN
-    SELECT count(*), coalesce(array_agg(s.k) FILTER (WHERE s.n > 1), '{}')
-    INTO touched, several
+    SELECT count(*), count(*) FILTER (WHERE s.n > 1) INTO touched, several
     FROM (
-        SELECT a.instance_id || chr(31) || a.aggregate_id AS k, count(*) AS n
+        SELECT count(*) AS n
         FROM added a
         WHERE a.aggregate_type = 'notification'
           AND a.event_type IN ('notification.requested', 'notification.retry.requested',
@@ -76,6 +80,21 @@ BEGIN
     IF touched = 0 THEN
         RETURN NULL;
     END IF;
+    IF several > 0 THEN
+        FOR r IN
+            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
+                   a.created_at
+            FROM added a
+            WHERE a.aggregate_type = 'notification'
+              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                                   'notification.sent', 'notification.canceled')
+            ORDER BY a.position
+        LOOP
+            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
+                                                r.sequence, r.payload, r.created_at);
+        END LOOP;
+        RETURN NULL;
+    END IF;
 
     INSERT INTO tidings.pending_notifications AS p (
         instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
@@ -83,7 +102,6 @@ BEGIN
            a.payload->'request'
     FROM added a
     WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested'
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
     ON CONFLICT (instance_id, notification_id) DO NOTHING;
 
     UPDATE tidings.pending_notifications p SET
@@ -99,31 +117,14 @@ BEGIN
         last_error = a.payload->>'error'
     FROM added a
     WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.retry.requested'
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
       AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
 
     DELETE FROM tidings.pending_notifications p
     USING added a
     WHERE a.aggregate_type = 'notification'
       AND a.event_type IN ('notification.sent', 'notification.canceled')
-      AND NOT (a.instance_id || chr(31) || a.aggregate_id = ANY(several))
       AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
 
-    IF cardinality(several) > 0 THEN
-        FOR r IN
-            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
-                   a.created_at
-            FROM added a
-            WHERE a.aggregate_type = 'notification'
-              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
-                                   'notification.sent', 'notification.canceled')
-              AND a.instance_id || chr(31) || a.aggregate_id = ANY(several)
-            ORDER BY a.position
-        LOOP
-            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
-                                                r.sequence, r.payload, r.created_at);
-        END LOOP;
-    END IF;
     RETURN NULL;
 END;
 $$;
