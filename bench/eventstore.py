@@ -10,6 +10,9 @@ Measures, on N events (default 100,000), the wall time and events per second of:
    under tracemalloc for its peak; then the real CLI, `python -m tidings replay
    --format jsonl > /dev/null`, whose peak RSS (os.wait4's rusage) is shown for
    1 event and for all N, so constant replay memory shows as two close figures.
+5. batches of 1,000 (min(N, 10,000) events each way, alternating): through
+   `store.append` and through the in-database door `tidings.append_events(jsonb)`
+   that a platform calls in its own transaction.
 
 The reads cover exactly the N batch-appended events (every position after the
 single-event phase). Machine details come first.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import platform
 import random
@@ -221,6 +225,8 @@ async def bench(conninfo: str, where: str, events: int, singles: int, reuse: boo
         row(f"{replay}, 1 event", 1, one_s, f"peak RSS {one_rss / mib:.1f} MiB (start-up)")
         row(replay, events, all_s, f"peak RSS {all_rss / mib:.1f} MiB")
 
+        await batches_of_1000(store, make_events(2 * min(events, 10_000), rng, known))
+
         async with db.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*), pg_total_relation_size('tidings.events') FROM tidings.events"
@@ -230,6 +236,29 @@ async def bench(conninfo: str, where: str, events: int, singles: int, reuse: boo
     for name, got in (("read_ordered", read), ("stream", streamed), ("traced", traced)):
         if got != events:
             print(f"  WARNING: {name} saw {got:,} events, expected {events:,}")
+
+
+async def batches_of_1000(store: EventStore, events: list[NewEvent]) -> None:
+    """1,000 events per call, alternating: EventStore.append and the SQL door."""
+    door = "SELECT count(*) FROM tidings.append_events(%s::jsonb)"
+    seconds = {"store": 0.0, "door": 0.0}
+    for n, i in enumerate(range(0, len(events), 1000)):
+        batch = events[i : i + 1000]
+        way = "store" if n % 2 == 0 else "door"
+        started = time.perf_counter()
+        if way == "store":
+            await store.append(batch)
+        else:
+            document = json.dumps([e.model_dump() for e in batch])  # what the platform sends
+            started = time.perf_counter()
+            async with store.pool.connection() as conn:
+                await conn.set_autocommit(True)
+                await (await conn.execute(door, (document,))).fetchall()
+                await conn.set_autocommit(False)
+        seconds[way] += time.perf_counter() - started
+    half = len(events) // 2
+    row("append, 1,000 per call (store.append)", half, seconds["store"])
+    row("append, 1,000 per call (SQL door)", half, seconds["door"], "tidings.append_events(jsonb)")
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ by its folder's name, in the same alternation: before/after figures from one run
     .venv/bin/python bench/peers.py --jobs 3000 --runs 1 --rate 100 --seconds 5   # quick
     .venv/bin/python bench/peers.py --baseline /tmp/before
     .venv/bin/python bench/peers.py --processes 1,2     # and `tidings run --processes N`
+    .venv/bin/python bench/peers.py --enqueue-only --baseline /tmp/before  # appends alone
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ async def child_pgqueuer(opts: dict[str, Any]) -> None:
             await queries.enqueue([ENTRYPOINT] * n, [payload] * n, [0] * n)
         say({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu})
         await wait_go()
+        if opts["enqueue_only"]:
+            await conn.close()
+            return
         qm = manager()
         cpu, t0 = time.process_time(), time.perf_counter()
         await qm.run(batch_size=PGQ_BATCH, mode=QueueExecutionMode.drain)
@@ -169,6 +173,9 @@ async def child_tidings(opts: dict[str, Any]) -> None:
                 await db.store.append(events[start : start + ENQUEUE_BATCH])
             say({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu})
             await wait_go()
+            if opts["enqueue_only"]:
+                await service.close()
+                return
             cpu, t0 = time.process_time(), time.perf_counter()
             await service.pool.run(
                 stop=asyncio.Event(), workers=1, retry_workers=0, until_idle=True
@@ -307,10 +314,16 @@ def sample_payload() -> str:
 
 
 async def throughput_run(
-    server: Server, contender: Contender, name: str, jobs: int, figures: Figures
+    server: Server,
+    contender: Contender,
+    name: str,
+    jobs: int,
+    figures: Figures,
+    enqueue_only: bool = False,
 ) -> None:
     url = await server.create(name)
-    opts = {"mode": "throughput", "url": url, "jobs": jobs, "bulk": contender.bulk}
+    opts = {"mode": "throughput", "url": url, "jobs": jobs, "bulk": contender.bulk,
+            "enqueue_only": enqueue_only}  # fmt: skip
     if contender.kind == "pgqueuer":
         opts["payload"] = sample_payload()
     try:
@@ -320,17 +333,25 @@ async def throughput_run(
         enq = await child.report(60 + jobs / 100)
         pg1 = server.cpu()
         await child.go()
-        done = await child.report(60 + jobs / 50)
-        pg2 = server.cpu()
-        await child.go()
+        if not enqueue_only:
+            done = await child.report(60 + jobs / 50)
+            pg2 = server.cpu()
+            await child.go()
         await child.close()
     finally:
         await server.drop(name)
-    if done["done"] != jobs:
-        raise SystemExit(f"{contender.label}: {done['done']} of {jobs} processed")
     figures.enqueued.append(jobs / enq["seconds"])
     figures.enq_py_us.append(enq["cpu"] / jobs * 1e6)
     figures.enq_pg_us.append((pg1 - pg0) / jobs * 1e6)
+    if enqueue_only:
+        print(
+            f"  {contender.label:<26} enqueue {jobs / enq['seconds']:>8,.0f}/s  "
+            f"cpu/job py {figures.enq_py_us[-1]:5.1f} us pg {figures.enq_pg_us[-1]:5.1f} us",
+            flush=True,
+        )
+        return
+    if done["done"] != jobs:
+        raise SystemExit(f"{contender.label}: {done['done']} of {jobs} processed")
     figures.processed.append(jobs / done["seconds"])
     figures.py_us.append(done["cpu"] / jobs * 1e6)
     figures.pg_us.append((pg2 - pg1) / jobs * 1e6)
@@ -408,10 +429,11 @@ async def trickle_pgqueuer(url: str, jobs: int, rate: float) -> dict[str, float]
 
 
 async def trickle_tidings(url: str, jobs: int, rate: float) -> dict[str, float]:
+    import psycopg
+    from psycopg.types.json import Jsonb
     from workers import CRYPTO, INSTANCES, USERS, requested
 
-    from tidings.config import DatabaseSettings
-    from tidings.eventstore import open_database
+    from tidings.eventstore.models import EVENTS_CHANNEL
     from tidings.notification.codes import CodeCipher
 
     cipher = CodeCipher.from_settings(CRYPTO)
@@ -422,11 +444,20 @@ async def trickle_tidings(url: str, jobs: int, rate: float) -> dict[str, float]:
         )
         for i in range(jobs)
     ]  # fmt: skip
-    async with open_database(DatabaseSettings(url=url, pool_max_size=2)) as db:
+    # Through tidings.append_events' array form, the same in every checkout: this
+    # process's EventStore would refuse a --baseline checkout's database when the
+    # two are at different schema versions. Only the commit time counts here.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
 
         async def enqueue(i: int) -> str:
-            await db.store.append([events[i]])
-            return events[i].aggregate_id
+            e = events[i]
+            await conn.execute(
+                "SELECT tidings.append_events(ARRAY[%s], ARRAY[%s], ARRAY[%s], ARRAY[%s::bigint],"
+                " ARRAY[%s], ARRAY[%s::jsonb], ARRAY[%s], ARRAY[%s], %s)",
+                (e.instance_id, e.aggregate_type, e.aggregate_id, e.expected_sequence,
+                 e.event_type, Jsonb(e.payload), e.owner, e.creator, EVENTS_CHANNEL),
+            )  # fmt: skip
+            return e.aggregate_id
 
         return await steady(jobs, rate, enqueue)
 
@@ -489,6 +520,8 @@ def print_table(contenders: Sequence[Contender], results: dict[str, Figures], ru
             checks.append(("pickup p99", "p99", "<=", 1.0))
         parts = []
         for name, attr, op, goal in checks:
+            if not getattr(results[c.label], attr):
+                continue  # not measured in this run (--enqueue-only)
             ratio = median(getattr(results[c.label], attr)) / median(
                 getattr(results["pgqueuer"], attr)
             )
@@ -532,7 +565,12 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
     for run in range(args.runs):
         order = contenders if run % 2 == 0 else contenders[::-1]
         for c in order:
-            await throughput_run(server, c, f"peers_{run}", args.jobs, results[c.label])
+            await throughput_run(
+                server, c, f"peers_{run}", args.jobs, results[c.label], args.enqueue_only
+            )
+    if args.enqueue_only:
+        print_table(contenders, results, args.runs)
+        return
     latency_contenders = [c for c in contenders if c.kind == "pgqueuer" or c.bulk == 10]
     print(
         f"\npickup latency: one job at a time at {args.rate:g}/s for {args.seconds:g} s "
@@ -658,6 +696,11 @@ def main() -> None:
         "--processes",
         default="",
         help="also time `tidings run --processes N` for these N, e.g. 1,2 (off by default)",
+    )
+    parser.add_argument(
+        "--enqueue-only",
+        action="store_true",
+        help="only the enqueue phase of the throughput runs (no processing, no latency)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", help=argparse.SUPPRESS)

@@ -241,6 +241,12 @@ async def test_the_sql_door_commits_with_the_platform_and_rolls_back_with_it(
     assert [r.payload["request"]["user_id"] for r in requested] == ["user-ada"]
 
 
+GOOD = (  # one element the door takes
+    '{"instance_id": "a", "aggregate_type": "user", "aggregate_id": "u", '
+    '"event_type": "user.removed"}'
+)
+
+
 @pytest.mark.parametrize(
     ("events", "error"),
     [
@@ -251,6 +257,20 @@ async def test_the_sql_door_commits_with_the_platform_and_rolls_back_with_it(
             '[{"instance_id": "a", "aggregate_type": "user", "aggregate_id": "u", '
             '"event_type": "user.removed", "colour": 1}]',
             "event 0: unknown field colour",
+        ),
+        ("[1]", "event 0: expected a JSON object"),
+        (  # the first wrong element, and in it the first check that fails
+            f'[{GOOD}, {{"instance_id": "", "aggregate_type": "user", "colour": 1}}]',
+            "event 1: instance_id must be a non-empty string",
+        ),
+        (f'[{GOOD}, {GOOD[:-1]}, "zz": 1, "yy": 2}}]', "event 1: unknown field yy"),
+        (f'[{GOOD[:-1]}, "payload": [1]}}]', "event 0: payload must be a JSON object"),
+        (f'[{GOOD[:-1]}, "payload": null}}]', "event 0: payload must be a JSON object"),
+        (f'[{GOOD[:-1]}, "expected_sequence": -1}}]', "event 0: expected_sequence must be"),
+        (f'[{GOOD[:-1]}, "expected_sequence": "2"}}]', "event 0: expected_sequence must be"),
+        (
+            f"[{GOOD}, {GOOD.replace('user.removed', 'session.added')}]",
+            "event 1: session.added on a user aggregate",
         ),
     ],
 )

@@ -9,6 +9,7 @@ import pytest
 
 from tests.helpers import event
 from tidings.eventstore import ConcurrencyError, EventQuery, EventStore, NewEvent
+from tidings.eventstore.errors import InvalidEventData
 
 
 async def count(store: EventStore) -> int:
@@ -49,6 +50,29 @@ async def test_payload_and_metadata_round_trip(store: EventStore) -> None:
     assert (read.owner, read.creator, read.sequence) == ("org-1", "svc-login", 1)
     assert read.position == stored.position
     assert read.created_at == stored.created_at
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"payload": {"ratio": float("nan")}},
+        {"payload": {"limit": float("inf")}},
+        {"payload": {"text": "a\x00b"}},
+        {"aggregate_id": "u\x00"},
+    ],
+    ids=["NaN", "infinity", "NUL in the payload", "NUL in an id"],
+)
+async def test_data_the_database_cannot_store_is_refused_and_writes_nothing(
+    store: EventStore, bad: dict[str, object]
+) -> None:
+    """Refused as InvalidEventData with the batch around it; never stored altered (NaN as null)."""
+    good = event("u1", expected=0)
+    wrong = NewEvent.model_validate({**event("u2").model_dump(), **bad})
+    with pytest.raises(InvalidEventData, match="refused the data"):
+        await store.append([good, wrong])
+    assert await count(store) == 0
+    await store.append([good])
+    assert await count(store) == 1
 
 
 async def test_conflict_is_typed_and_writes_nothing(store: EventStore) -> None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
@@ -194,14 +195,39 @@ def _live_row(row: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-async def _check(conninfo: str, batch: list[tuple[str, list[Step]]]) -> tuple[int, int]:
+def _interleaved(lives: list[list[NewEvent]]) -> list[NewEvent]:
+    """The lives' events taken in turn, each life's in its order: appends that mix them."""
+    out: list[NewEvent] = []
+    for round_ in range(max(len(life) for life in lives)):
+        out.extend(life[round_] for life in lives if round_ < len(life))
+    return out
+
+
+async def _check(
+    conninfo: str, batch: list[tuple[str, list[Step]]], *, chunk: int | None = None
+) -> tuple[int, int]:
+    """Append the batch's lives, check the queue and the audit against evolve.
+
+    chunk None: one append per event, as separate writers would (each its own
+    transaction). Otherwise the lives' events interleaved and appended `chunk`
+    at a time: one statement then holds several notifications, some with one
+    queue event, some with several (the trigger folds those in log order).
+    """
     tag = uuid.uuid4().hex[:8]
     ids = [f"n-{tag}-{i}" for i in range(len(batch))]
     async with open_database(DatabaseSettings(url=conninfo, pool_max_size=2)) as db:
-        for notification, (first, rest) in zip(ids, batch, strict=True):
-            # One append per event, as separate writers would (each its own transaction).
-            for new in _events(notification, first, rest):
-                await db.store.append([new])
+        lives = [
+            _events(notification, first, rest)
+            for notification, (first, rest) in zip(ids, batch, strict=True)
+        ]
+        if chunk is None:
+            for life in lives:
+                for new in life:
+                    await db.store.append([new])
+        else:
+            stream = _interleaved(lives)
+            for start in range(0, len(stream), chunk):
+                await db.store.append(stream[start : start + chunk])
         stored = await db.store.query(
             EventQuery(aggregate_types=(NOTIFICATION_AGGREGATE,), aggregate_ids=tuple(ids))
         )
@@ -241,7 +267,10 @@ async def _check(conninfo: str, batch: list[tuple[str, list[Step]]]) -> tuple[in
     return legal, len(ids) - legal
 
 
-def test_trigger_and_audit_agree_with_evolve(conninfo: str) -> None:
+@pytest.mark.parametrize(
+    "chunk", [None, 7, 100_000], ids=["one event per append", "7 per append", "one append"]
+)
+def test_trigger_and_audit_agree_with_evolve(conninfo: str, chunk: int | None) -> None:
     totals = {"legal": 0, "illegal": 0}
 
     @settings(
@@ -255,7 +284,7 @@ def test_trigger_and_audit_agree_with_evolve(conninfo: str) -> None:
     )
     @given(batch=st.lists(lives, min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
     def check(batch: list[tuple[str, list[Step]]]) -> None:
-        legal, illegal = asyncio.run(_check(conninfo, batch))
+        legal, illegal = asyncio.run(_check(conninfo, batch, chunk=chunk))
         totals["legal"] += legal
         totals["illegal"] += illegal
 

@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0010 applied).
+-- (migrations 0001..0011 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -64,71 +64,95 @@ CREATE FUNCTION tidings.append_events(p_events jsonb) RETURNS TABLE(out_position
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    n    integer;
-    e    jsonb;
-    k    text;
-    i    integer := 0;
+    problem          text;
+    instance_ids     text[];
+    aggregate_types  text[];
+    aggregate_ids    text[];
+    expected         bigint[];
+    event_types      text[];
+    payloads         jsonb[];
+    owners           text[];
+    creators         text[];
 BEGIN
     IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' OR jsonb_array_length(p_events) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = 'tidings.append_events expects a non-empty JSON array of events';
     END IF;
-    n := jsonb_array_length(p_events);
-    FOR e IN SELECT value FROM jsonb_array_elements(p_events) LOOP
-        IF jsonb_typeof(e) IS DISTINCT FROM 'object' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: expected a JSON object', i);
-        END IF;
-        FOREACH k IN ARRAY ARRAY['instance_id', 'aggregate_type', 'aggregate_id', 'event_type'] LOOP
-            IF jsonb_typeof(e->k) IS DISTINCT FROM 'string' OR e->>k = '' THEN
-                RAISE EXCEPTION USING ERRCODE = '22023',
-                    MESSAGE = format('event %s: %s must be a non-empty string', i, k);
-            END IF;
-        END LOOP;
-        FOR k IN SELECT jsonb_object_keys(e) LOOP
-            IF k NOT IN ('instance_id', 'aggregate_type', 'aggregate_id', 'event_type',
-                         'payload', 'expected_sequence', 'owner', 'creator') THEN
-                RAISE EXCEPTION USING ERRCODE = '22023',
-                    MESSAGE = format('event %s: unknown field %s', i, k);
-            END IF;
-        END LOOP;
-        IF NOT (e->>'event_type' LIKE 'user.%' OR e->>'event_type' LIKE 'session.%')
-           OR e->>'aggregate_type' <> split_part(e->>'event_type', '.', 1) THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: %s on a %s aggregate: only user.* events on user '
-                                 'and session.* events on session aggregates may be appended',
-                                 i, e->>'event_type', e->>'aggregate_type');
-        END IF;
-        IF jsonb_typeof(coalesce(e->'payload', '{}')) <> 'object' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: payload must be a JSON object', i);
-        END IF;
-        IF jsonb_typeof(e->'payload'->'code') = 'object' AND e->'payload'->'code' ? 'plain' THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: payload.code must be encrypted here; send plain '
-                                 'codes through POST /v1/events', i);
-        END IF;
-        IF e ? 'expected_sequence' AND jsonb_typeof(e->'expected_sequence') <> 'null'
-           AND (jsonb_typeof(e->'expected_sequence') <> 'number'
-                OR (e->>'expected_sequence')::numeric < 0) THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('event %s: expected_sequence must be a number >= 0', i);
-        END IF;
-        i := i + 1;
-    END LOOP;
+
+    SELECT c.problem INTO problem
+    FROM (
+        SELECT t.o, CASE
+            WHEN jsonb_typeof(t.x) IS DISTINCT FROM 'object' THEN
+                format('event %s: expected a JSON object', t.o - 1)
+            WHEN jsonb_typeof(t.x->'instance_id') IS DISTINCT FROM 'string'
+                 OR t.x->>'instance_id' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'instance_id')
+            WHEN jsonb_typeof(t.x->'aggregate_type') IS DISTINCT FROM 'string'
+                 OR t.x->>'aggregate_type' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'aggregate_type')
+            WHEN jsonb_typeof(t.x->'aggregate_id') IS DISTINCT FROM 'string'
+                 OR t.x->>'aggregate_id' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'aggregate_id')
+            WHEN jsonb_typeof(t.x->'event_type') IS DISTINCT FROM 'string'
+                 OR t.x->>'event_type' = '' THEN
+                format('event %s: %s must be a non-empty string', t.o - 1, 'event_type')
+            WHEN EXISTS (
+                SELECT 1 FROM jsonb_object_keys(t.x) AS k(name)
+                WHERE k.name NOT IN ('instance_id', 'aggregate_type', 'aggregate_id',
+                                     'event_type', 'payload', 'expected_sequence', 'owner',
+                                     'creator')
+            ) THEN
+                format('event %s: unknown field %s', t.o - 1, (
+                    SELECT k.name FROM jsonb_object_keys(t.x) WITH ORDINALITY AS k(name, n)
+                    WHERE k.name NOT IN ('instance_id', 'aggregate_type', 'aggregate_id',
+                                         'event_type', 'payload', 'expected_sequence', 'owner',
+                                         'creator')
+                    ORDER BY k.n
+                    LIMIT 1))
+            WHEN NOT (t.x->>'event_type' LIKE 'user.%' OR t.x->>'event_type' LIKE 'session.%')
+                 OR t.x->>'aggregate_type' <> split_part(t.x->>'event_type', '.', 1) THEN
+                format('event %s: %s on a %s aggregate: only user.* events on user '
+                       'and session.* events on session aggregates may be appended',
+                       t.o - 1, t.x->>'event_type', t.x->>'aggregate_type')
+            WHEN jsonb_typeof(coalesce(t.x->'payload', '{}')) <> 'object' THEN
+                format('event %s: payload must be a JSON object', t.o - 1)
+            WHEN jsonb_typeof(t.x->'payload'->'code') = 'object'
+                 AND t.x->'payload'->'code' ? 'plain' THEN
+                format('event %s: payload.code must be encrypted here; send plain '
+                       'codes through POST /v1/events', t.o - 1)
+            WHEN t.x ? 'expected_sequence'
+                 AND jsonb_typeof(t.x->'expected_sequence') NOT IN ('null', 'number') THEN
+                format('event %s: expected_sequence must be a number >= 0', t.o - 1)
+            WHEN jsonb_typeof(t.x->'expected_sequence') = 'number'
+                 AND (t.x->>'expected_sequence')::numeric < 0 THEN
+                format('event %s: expected_sequence must be a number >= 0', t.o - 1)
+        END AS problem
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o)
+    ) c
+    WHERE c.problem IS NOT NULL
+    ORDER BY c.o
+    LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = problem;
+    END IF;
+
+    SELECT array_agg(t.x->>'instance_id' ORDER BY t.o),
+           array_agg(t.x->>'aggregate_type' ORDER BY t.o),
+           array_agg(t.x->>'aggregate_id' ORDER BY t.o),
+           array_agg((t.x->>'expected_sequence')::bigint ORDER BY t.o),
+           array_agg(t.x->>'event_type' ORDER BY t.o),
+           array_agg(coalesce(t.x->'payload', '{}') ORDER BY t.o),
+           array_agg(coalesce(t.x->>'owner', '') ORDER BY t.o),
+           array_agg(coalesce(t.x->>'creator', current_user) ORDER BY t.o)
+    INTO instance_ids, aggregate_types, aggregate_ids, expected, event_types, payloads,
+         owners, creators
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o);
 
     RETURN QUERY
     SELECT a.out_position, a.out_sequence, a.out_created_at
     FROM tidings.append_events(
-        ARRAY(SELECT x->>'instance_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'aggregate_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'aggregate_id' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT (x->>'expected_sequence')::bigint FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT x->>'event_type' FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->'payload', '{}') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->>'owner', '') FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        ARRAY(SELECT coalesce(x->>'creator', current_user) FROM jsonb_array_elements(p_events) WITH ORDINALITY AS t(x, o) ORDER BY o),
-        'tidings_events') AS a;
+        instance_ids, aggregate_types, aggregate_ids, expected, event_types, payloads,
+        owners, creators, 'tidings_events') AS a;
 END;
 $$;
 
@@ -149,23 +173,25 @@ CREATE FUNCTION tidings.append_events(p_instance_ids text[], p_aggregate_types t
     AS $$
 DECLARE
     n          integer := coalesce(array_length(p_event_types, 1), 0);
-    lock_key   integer;
     tx_base    bigint;
     first_pos  bigint;
     sequences  bigint[];  -- the sequence each event gets
     heads      bigint[];  -- the position of its aggregate's last stored event
+    bad        record;
     wake       jsonb;
 BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    FOR lock_key IN
-        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a)
+    -- One lock per aggregate, taken in hash order (the subquery's ORDER BY is
+    -- the order the outer level calls the function in): two appends on the
+    -- same aggregates queue instead of deadlocking.
+    PERFORM pg_advisory_xact_lock(7101, k.lock_key)
+    FROM (
+        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a) AS lock_key
         FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids) AS u(i, t, a)
         ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock(7101, lock_key);
-    END LOOP;
+    ) k;
 
     tx_base := (pg_current_xact_id()::text::bigint) << 16;
     SELECT coalesce(max(e.position) + 1, tx_base) INTO first_pos
@@ -195,38 +221,44 @@ BEGIN
         LIMIT 1
     ) h ON true;
 
-    FOR i IN 1..n LOOP
-        IF p_expected[i] IS NOT NULL AND p_expected[i] <> sequences[i] - 1 THEN
+    -- The first event whose expected sequence does not hold, or whose
+    -- aggregate's last event lies at or after this transaction's positions.
+    SELECT c.ord, c.expected, c.actual
+    INTO bad
+    FROM unnest(p_expected, sequences, heads) WITH ORDINALITY AS c(expected, actual, head, ord)
+    WHERE (c.expected IS NOT NULL AND c.expected <> c.actual - 1) OR c.head >= first_pos
+    ORDER BY c.ord
+    LIMIT 1;
+    IF FOUND THEN
+        IF bad.expected IS NOT NULL AND bad.expected <> bad.actual - 1 THEN
             RAISE EXCEPTION USING
                 ERRCODE = 'TD001',
                 MESSAGE = format(
                     'concurrent append to %s/%s/%s: expected sequence %s, the aggregate is at %s',
-                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i],
-                    p_expected[i], sequences[i] - 1),
+                    p_instance_ids[bad.ord], p_aggregate_types[bad.ord],
+                    p_aggregate_ids[bad.ord], bad.expected, bad.actual - 1),
                 DETAIL = jsonb_build_object(
-                    'index', i - 1,
-                    'instance_id', p_instance_ids[i],
-                    'aggregate_type', p_aggregate_types[i],
-                    'aggregate_id', p_aggregate_ids[i],
-                    'expected_sequence', p_expected[i],
-                    'actual_sequence', sequences[i] - 1)::text;
+                    'index', bad.ord - 1,
+                    'instance_id', p_instance_ids[bad.ord],
+                    'aggregate_type', p_aggregate_types[bad.ord],
+                    'aggregate_id', p_aggregate_ids[bad.ord],
+                    'expected_sequence', bad.expected,
+                    'actual_sequence', bad.actual - 1)::text;
         END IF;
-        IF heads[i] >= first_pos THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'TD003',
-                MESSAGE = format(
-                    'append to %s/%s/%s would land before its last event: the transaction '
-                    'wrote before that event committed; retry in a new transaction',
-                    p_instance_ids[i], p_aggregate_types[i], p_aggregate_ids[i]),
-                DETAIL = jsonb_build_object(
-                    'index', i - 1,
-                    'instance_id', p_instance_ids[i],
-                    'aggregate_type', p_aggregate_types[i],
-                    'aggregate_id', p_aggregate_ids[i],
-                    'expected_sequence', p_expected[i],
-                    'actual_sequence', sequences[i] - 1)::text;
-        END IF;
-    END LOOP;
+        RAISE EXCEPTION USING
+            ERRCODE = 'TD003',
+            MESSAGE = format(
+                'append to %s/%s/%s would land before its last event: the transaction '
+                'wrote before that event committed; retry in a new transaction',
+                p_instance_ids[bad.ord], p_aggregate_types[bad.ord], p_aggregate_ids[bad.ord]),
+            DETAIL = jsonb_build_object(
+                'index', bad.ord - 1,
+                'instance_id', p_instance_ids[bad.ord],
+                'aggregate_type', p_aggregate_types[bad.ord],
+                'aggregate_id', p_aggregate_ids[bad.ord],
+                'expected_sequence', bad.expected,
+                'actual_sequence', bad.actual - 1)::text;
+    END IF;
 
     RETURN QUERY
     WITH inserted AS (
@@ -386,38 +418,111 @@ $$;
 
 
 --
--- Name: pending_apply(); Type: FUNCTION; Schema: tidings; Owner: -
+-- Name: pending_apply_event(text, text, text, bigint, jsonb, timestamp with time zone); Type: FUNCTION; Schema: tidings; Owner: -
 --
 
-CREATE FUNCTION tidings.pending_apply() RETURNS trigger
+CREATE FUNCTION tidings.pending_apply_event(p_instance_id text, p_notification_id text, p_event_type text, p_sequence bigint, p_payload jsonb, p_created_at timestamp with time zone) RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    IF NEW.event_type = 'notification.requested' THEN
+    IF p_event_type = 'notification.requested' THEN
         INSERT INTO tidings.pending_notifications AS p (
             instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
             request)
         VALUES (
-            NEW.instance_id, NEW.aggregate_id, 'request', NEW.sequence, 0, NEW.created_at,
-            NEW.created_at, NEW.payload->'request')
+            p_instance_id, p_notification_id, 'request', p_sequence, 0, p_created_at,
+            p_created_at, p_payload->'request')
         ON CONFLICT (instance_id, notification_id) DO NOTHING;
-    ELSIF NEW.event_type = 'notification.retry.requested' THEN
+    ELSIF p_event_type = 'notification.retry.requested' THEN
         UPDATE tidings.pending_notifications SET
             kind = 'retry',
-            sequence = NEW.sequence,
-            attempts = tidings.pending_attempt(NEW.payload),
-            due_at = tidings.pending_due_at(NEW.payload, NEW.created_at),
+            sequence = p_sequence,
+            attempts = tidings.pending_attempt(p_payload),
+            due_at = tidings.pending_due_at(p_payload, p_created_at),
             leased_until = NULL,
             lease_owner = NULL,
-            request = coalesce(NEW.payload->'request', request),
-            notify_user = NEW.payload->'notify_user',
-            backoff = NEW.payload->>'backoff',
-            last_error = NEW.payload->>'error'
-        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
-    ELSIF NEW.event_type IN ('notification.sent', 'notification.canceled') THEN
+            request = coalesce(p_payload->'request', request),
+            notify_user = p_payload->'notify_user',
+            backoff = p_payload->>'backoff',
+            last_error = p_payload->>'error'
+        WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
+    ELSIF p_event_type IN ('notification.sent', 'notification.canceled') THEN
         DELETE FROM tidings.pending_notifications
-        WHERE instance_id = NEW.instance_id AND notification_id = NEW.aggregate_id;
+        WHERE instance_id = p_instance_id AND notification_id = p_notification_id;
     END IF;
+END;
+$$;
+
+
+--
+-- Name: pending_apply_statement(); Type: FUNCTION; Schema: tidings; Owner: -
+--
+
+CREATE FUNCTION tidings.pending_apply_statement() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    touched bigint;  -- notifications with queue events here
+    several bigint;  -- those with more than one
+    r       record;
+BEGIN
+    SELECT count(*), count(*) FILTER (WHERE s.n > 1) INTO touched, several
+    FROM (
+        SELECT count(*) AS n
+        FROM added a
+        WHERE a.aggregate_type = 'notification'
+          AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                               'notification.sent', 'notification.canceled')
+        GROUP BY a.instance_id, a.aggregate_id
+    ) s;
+    IF touched = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF several > 0 THEN
+        FOR r IN
+            SELECT a.instance_id, a.aggregate_id, a.event_type, a.sequence, a.payload,
+                   a.created_at
+            FROM added a
+            WHERE a.aggregate_type = 'notification'
+              AND a.event_type IN ('notification.requested', 'notification.retry.requested',
+                                   'notification.sent', 'notification.canceled')
+            ORDER BY a.position
+        LOOP
+            PERFORM tidings.pending_apply_event(r.instance_id, r.aggregate_id, r.event_type,
+                                                r.sequence, r.payload, r.created_at);
+        END LOOP;
+        RETURN NULL;
+    END IF;
+
+    INSERT INTO tidings.pending_notifications AS p (
+        instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, request)
+    SELECT a.instance_id, a.aggregate_id, 'request', a.sequence, 0, a.created_at, a.created_at,
+           a.payload->'request'
+    FROM added a
+    WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested'
+    ON CONFLICT (instance_id, notification_id) DO NOTHING;
+
+    UPDATE tidings.pending_notifications p SET
+        kind = 'retry',
+        sequence = a.sequence,
+        attempts = tidings.pending_attempt(a.payload),
+        due_at = tidings.pending_due_at(a.payload, a.created_at),
+        leased_until = NULL,
+        lease_owner = NULL,
+        request = coalesce(a.payload->'request', p.request),
+        notify_user = a.payload->'notify_user',
+        backoff = a.payload->>'backoff',
+        last_error = a.payload->>'error'
+    FROM added a
+    WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.retry.requested'
+      AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
+
+    DELETE FROM tidings.pending_notifications p
+    USING added a
+    WHERE a.aggregate_type = 'notification'
+      AND a.event_type IN ('notification.sent', 'notification.canceled')
+      AND p.instance_id = a.instance_id AND p.notification_id = a.aggregate_id;
+
     RETURN NULL;
 END;
 $$;
@@ -1074,7 +1179,7 @@ CREATE TRIGGER events_feed AFTER INSERT ON tidings.events REFERENCING NEW TABLE 
 -- Name: events events_pending_notifications; Type: TRIGGER; Schema: tidings; Owner: -
 --
 
-CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events FOR EACH ROW WHEN ((new.aggregate_type = 'notification'::text)) EXECUTE FUNCTION tidings.pending_apply();
+CREATE TRIGGER events_pending_notifications AFTER INSERT ON tidings.events REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tidings.pending_apply_statement();
 
 
 --
@@ -1100,4 +1205,5 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (7, 'pending_from_log', '8d2f6f48c1e3ce841dcded62ac09e97657a3d9329ed1461ebe86126896155146'),
     (8, 'api', '0b30bd9b8de0825172113ed87efe30141ddb4276f204563f7fc928cdc764a015'),
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
-    (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4');
+    (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4'),
+    (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e');

@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ConfigDict, TypeAdapter
 
 from tidings.eventstore.errors import translated_errors
 from tidings.eventstore.filters import Trail, compose_select
@@ -23,6 +24,12 @@ from tidings.eventstore.models import (
 from tidings.eventstore.sql import query
 
 Connection = AsyncConnection[Any]
+
+# A batch to append, encoded to JSON in one call (not one encoding per payload).
+# NaN and infinities go as they are, for the database to refuse (never as null).
+_EVENTS: TypeAdapter[list[NewEvent]] = TypeAdapter(
+    list[NewEvent], config=ConfigDict(ser_json_inf_nan="constants")
+)
 
 
 @asynccontextmanager
@@ -70,17 +77,7 @@ class EventStore:
         """
         if not events:
             return []
-        params = {
-            "instance_ids": [e.instance_id for e in events],
-            "aggregate_types": [e.aggregate_type for e in events],
-            "aggregate_ids": [e.aggregate_id for e in events],
-            "expected": [e.expected_sequence for e in events],
-            "event_types": [e.event_type for e in events],
-            "payloads": [Jsonb(e.payload) for e in events],
-            "owners": [e.owner for e in events],
-            "creators": [e.creator for e in events],
-            "channel": self._channel,
-        }
+        params = {"events": Json(list(events), dumps=_EVENTS.dump_json), "channel": self._channel}
         with translated_errors():
             rows = await self._rows(query("append_events"), params, conn)
         return [AppendedEvent(position=p, sequence=s, created_at=c) for p, s, c in rows]

@@ -2,11 +2,30 @@
 -- and runs to the next one; values are always bound parameters.
 
 -- name: append_events
--- The arrays go as binary parameters: payloads above all travel unquoted.
-SELECT out_position, out_sequence, out_created_at
-FROM tidings.append_events(
-    %(instance_ids)b, %(aggregate_types)b, %(aggregate_ids)b, %(expected)b,
-    %(event_types)b, %(payloads)b, %(owners)b, %(creators)b, %(channel)s);
+-- The batch travels as one JSON array of events (one encoding in Python, one
+-- parse here) and is unpacked into the arrays tidings.append_events takes.
+WITH batch AS MATERIALIZED (
+    SELECT array_agg(u.instance_id ORDER BY u.ord) AS instance_ids,
+           array_agg(u.aggregate_type ORDER BY u.ord) AS aggregate_types,
+           array_agg(u.aggregate_id ORDER BY u.ord) AS aggregate_ids,
+           array_agg(u.expected_sequence ORDER BY u.ord) AS expected,
+           array_agg(u.event_type ORDER BY u.ord) AS event_types,
+           array_agg(u.payload ORDER BY u.ord) AS payloads,
+           array_agg(u.owner ORDER BY u.ord) AS owners,
+           array_agg(u.creator ORDER BY u.ord) AS creators
+    FROM ROWS FROM (
+        json_to_recordset(%(events)s::json) AS (
+            instance_id text, aggregate_type text, aggregate_id text, event_type text,
+            payload jsonb, expected_sequence bigint, owner text, creator text)
+    ) WITH ORDINALITY AS u(instance_id, aggregate_type, aggregate_id, event_type, payload,
+                           expected_sequence, owner, creator, ord)
+)
+SELECT a.out_position, a.out_sequence, a.out_created_at
+FROM batch b
+CROSS JOIN LATERAL tidings.append_events(
+    b.instance_ids, b.aggregate_types, b.aggregate_ids, b.expected, b.event_types,
+    b.payloads, b.owners, b.creators, %(channel)s) a
+ORDER BY a.out_position;
 
 -- name: select_events
 -- The filters are composed from fixed fragments (tidings.eventstore.filters).
