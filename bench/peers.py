@@ -41,6 +41,7 @@ by its folder's name, in the same alternation: before/after figures from one run
     .venv/bin/python bench/peers.py --baseline /tmp/before
     .venv/bin/python bench/peers.py --processes 1,2     # and `tidings run --processes N`
     .venv/bin/python bench/peers.py --enqueue-only --baseline /tmp/before  # appends alone
+    .venv/bin/python bench/peers.py --source-events    # the platform's source events
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ ENTRYPOINT = "noop"
 PGQ_CONCURRENCY = 10
 PGQ_BATCH = 10
 ENQUEUE_BATCH = 1_000
+DOOR = "SELECT count(*) FROM tidings.append_events(%s::jsonb)"
 
 
 # --- the children -------------------------------------------------------------------
@@ -142,6 +144,7 @@ async def child_pgqueuer(opts: dict[str, Any]) -> None:
 
 async def child_tidings(opts: dict[str, Any]) -> None:
     import psycopg
+    from projector import source_events
     from workers import (
         INSTANCES,
         USERS,
@@ -164,6 +167,25 @@ async def child_tidings(opts: dict[str, Any]) -> None:
         await db.store.append(users)
         await Service(db=db, settings=settings).projector.catch_up()
         service, noop = noop_service(db, settings)
+        if opts["mode"] == "throughput" and opts.get("source_events"):
+            # The platform's side: its source events, 1,000 per call through the
+            # in-database door (what it calls in its own transaction).
+            documents = [
+                json.dumps(batch)
+                for batch in _batches([e.model_dump() for e in source_events(opts["jobs"])])
+            ]
+            say("ready")
+            await wait_go()
+            cpu, t0 = time.process_time(), time.perf_counter()
+            async with db.pool.connection() as conn:
+                await conn.set_autocommit(True)
+                for document in documents:
+                    await conn.execute(DOOR, (document,))
+                await conn.set_autocommit(False)
+            say({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - cpu})
+            await wait_go()
+            await service.close()
+            return
         if opts["mode"] == "throughput":
             events = request_events(opts["jobs"])
             say("ready")
@@ -306,11 +328,16 @@ class Child:
                 await self.proc.wait()
 
 
-def sample_payload() -> str:
-    """A pgqueuer job carries as many bytes as a tidings request does."""
+def sample_payload(source_events: bool = False) -> str:
+    """A pgqueuer job carries as many bytes as a tidings request (or source event) does."""
+    from projector import source_events as sources
     from workers import request_events
 
-    return json.dumps(request_events(1)[0].payload)
+    return json.dumps((sources(1) if source_events else request_events(1))[0].payload)
+
+
+def _batches(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + ENQUEUE_BATCH] for i in range(0, len(items), ENQUEUE_BATCH)]
 
 
 async def throughput_run(
@@ -320,12 +347,13 @@ async def throughput_run(
     jobs: int,
     figures: Figures,
     enqueue_only: bool = False,
+    source_events: bool = False,
 ) -> None:
     url = await server.create(name)
     opts = {"mode": "throughput", "url": url, "jobs": jobs, "bulk": contender.bulk,
-            "enqueue_only": enqueue_only}  # fmt: skip
+            "enqueue_only": enqueue_only, "source_events": source_events}  # fmt: skip
     if contender.kind == "pgqueuer":
-        opts["payload"] = sample_payload()
+        opts["payload"] = sample_payload(source_events)
     try:
         child = await Child.start(contender, opts)
         pg0 = server.cpu()
@@ -566,8 +594,9 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
         order = contenders if run % 2 == 0 else contenders[::-1]
         for c in order:
             await throughput_run(
-                server, c, f"peers_{run}", args.jobs, results[c.label], args.enqueue_only
-            )
+                server, c, f"peers_{run}", args.jobs, results[c.label], args.enqueue_only,
+                args.source_events,
+            )  # fmt: skip
     if args.enqueue_only:
         print_table(contenders, results, args.runs)
         return
@@ -702,11 +731,20 @@ def main() -> None:
         action="store_true",
         help="only the enqueue phase of the throughput runs (no processing, no latency)",
     )
+    parser.add_argument(
+        "--source-events",
+        action="store_true",
+        help="with --enqueue-only: append the platform's source events (a password-reset code "
+        "each) 1,000 per call through tidings.append_events(jsonb), not requests",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.bulks = [int(b) for b in args.bulks.split(",") if b]
     args.processes = [int(n) for n in args.processes.split(",") if n]
+    if args.source_events:
+        args.enqueue_only = True  # source events are not processed without the projector
+        args.bulks = args.bulks[:1]  # the bulk only matters to processing
     if args.child:
         child = child_pgqueuer if args.child == "pgqueuer" else child_tidings
         asyncio.run(child(json.loads(args.child_opts)))
