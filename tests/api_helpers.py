@@ -30,6 +30,7 @@ from tidings.eventstore import Database, EventQuery, StoredEvent
 from tidings.feeds.runtime import FeedRuntime
 from tidings.metrics import Metrics
 from tidings.projections import Projector, default_projections
+from tidings.service import Service
 
 EXPORT_READY_TEXTS = """\
 ExportReady:
@@ -114,3 +115,14 @@ async def running_api(
             yield RunningAPI(f"http://{host}:{port}", db, settings, state, feeds)
         finally:
             stop.set()
+
+
+async def send_all(api: RunningAPI) -> None:
+    """The projector and the worker pool until nothing is due, as `tidings run --until-idle`."""
+    service = Service(db=api.db, settings=api.settings)
+    try:
+        await service.run(
+            stop=asyncio.Event(), workers=1, retry_workers=0, projector=True, until_idle=True
+        )
+    finally:
+        await service.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api_helpers import RunningAPI, api_settings, running_api
+from tests.api_helpers import RunningAPI, api_settings, running_api, send_all
 from tests.cli import clean_env
 from tests.ops_helpers import free_port, running, serving, wait_for
 from tests.projection_helpers import user_added, user_event
@@ -21,7 +21,6 @@ from tidings.client import APIError
 from tidings.eventstore import Database
 from tidings.notification.codes import CodeCipher, is_encrypted_code
 from tidings.notification.direct import direct_notification_id
-from tidings.service import Service
 
 EMAIL = {"email": "ada@example.com", "name": "Ada", "language": "en"}
 
@@ -33,17 +32,6 @@ async def api(db: Database, tmp_path: Path) -> AsyncIterator[RunningAPI]:
     )
     async with running_api(db, settings) as running:
         yield running
-
-
-async def send_all(api: RunningAPI) -> None:
-    """The worker pool until nothing is due, as `tidings run --until-idle` runs it."""
-    service = Service(db=api.db, settings=api.settings)
-    try:
-        await service.run(
-            stop=asyncio.Event(), workers=1, retry_workers=0, projector=True, until_idle=True
-        )
-    finally:
-        await service.close()
 
 
 # --- keys and scoping ---------------------------------------------------------------

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from tests.api_helpers import RunningAPI, api_settings, running_api
+from tests.api_helpers import RunningAPI, api_settings, running_api, send_all
 from tests.projection_helpers import user_added
 from tests.test_channel_smtp import FreePortController, Recorder, settings_for
 from tidings.api import openapi_document
@@ -26,7 +26,6 @@ from tidings.config import ChannelSettings, EndUserSettings, Settings
 from tidings.eventstore import Database, NewEvent
 from tidings.feeds.end_users import hmac_token
 from tidings.notification.direct import direct_notification_id, request_notification_ids
-from tidings.service import Service
 
 HMAC_SECRET = "an-hmac-secret-of-thirty-two-bytes!!"
 PROBLEM = "application/problem+json"
@@ -96,17 +95,6 @@ async def api(
 ) -> AsyncIterator[RunningAPI]:
     async with running_api(db, channel_settings(tmp_path, smtp[1])) as running:
         yield running
-
-
-async def send_all(api: RunningAPI) -> None:
-    """Projector and worker pool until nothing is due, as `tidings run --until-idle`."""
-    service = Service(db=api.db, settings=api.settings)
-    try:
-        await service.run(
-            stop=asyncio.Event(), workers=1, retry_workers=0, projector=True, until_idle=True
-        )
-    finally:
-        await service.close()
 
 
 def as_user(api: RunningAPI, user_id: str = "user-ada") -> httpx.AsyncClient:
