@@ -30,6 +30,7 @@ from tests.feed_helpers import send_inapp, sent_inapp
 from tests.ops_helpers import Process, free_port, serving, wait_for
 from tests.test_api_feeds import HMAC_SECRET, JWT_SECRET, feed_settings, token
 from tests.test_api_process import env_for
+from tidings.config import Settings
 from tidings.eventstore import Database
 from tidings.feeds.operations import mark, prune_feed
 
@@ -310,11 +311,10 @@ def hs256(seconds: int) -> str:
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
-async def test_a_token_refused_says_so_and_stops_instead_of_reconnecting(
+async def page_left_by_its_server(
     db: Database, tmp_path: Path, browser: Any
-) -> None:
-    """The operator rotates the HMAC secret while the page is open (revoking every such
-    token) and restarts the server: the page's reconnect is refused (401)."""
+) -> tuple[Settings, int, Tab]:
+    """The page open and live on n-1, then its server gone: its settings, port and tab."""
     await send_inapp(db, ["n-1"])
     settings = feed_settings(tmp_path)
     port = free_port()
@@ -323,6 +323,15 @@ async def test_a_token_refused_says_so_and_stops_instead_of_reconnecting(
         await tab.open(f"{api.base}/inbox#token={token()}")
         await tab.until("the feed and a live stream", lambda s: shows(["n-1"], 1)(s) and live(s))
     await tab.until("the page to notice", lambda s: s["status"] != "live")
+    return settings, port, tab
+
+
+async def test_a_token_refused_says_so_and_stops_instead_of_reconnecting(
+    db: Database, tmp_path: Path, browser: Any
+) -> None:
+    """The operator rotates the HMAC secret while the page is open (revoking every such
+    token) and restarts the server: the page's reconnect is refused (401)."""
+    settings, port, tab = await page_left_by_its_server(db, tmp_path, browser)
 
     rotated = settings.end_users.model_copy(update={"hmac_secret": SecretStr("another-" * 5)})
     async with running_api(db, settings.model_copy(update={"end_users": rotated}), port=port):
@@ -347,14 +356,7 @@ async def test_a_reset_reads_the_feed_again(db: Database, tmp_path: Path, browse
     """Retention drops items after the page's cursor while the server is away: the resumed
     stream says `event: reset`, and the page reads the feed again instead of keeping a
     row the feed no longer has."""
-    await send_inapp(db, ["n-1"])
-    settings = feed_settings(tmp_path)
-    port = free_port()
-    tab = first_tab(browser)
-    async with running_api(db, settings, port=port) as api:
-        await tab.open(f"{api.base}/inbox#token={token()}")
-        await tab.until("the feed and a live stream", lambda s: shows(["n-1"], 1)(s) and live(s))
-    await tab.until("the page to notice", lambda s: s["status"] != "live")
+    settings, port, tab = await page_left_by_its_server(db, tmp_path, browser)
 
     await send_inapp(db, ["n-2"], add_user=False)
     dropped = await prune_feed(db.store, retention=timedelta(0), now=datetime.now(UTC))
