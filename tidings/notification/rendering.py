@@ -280,6 +280,8 @@ class Renderer:
         # Compiled templates by environment and text: compiling costs far more
         # than rendering, and the same texts render for every message.
         self._compiled: dict[tuple[int, str], _Compiled] = {}
+        # URL templates as Jinja reads them (Go style rewritten), by template.
+        self._url_sources: dict[str, Source] = {}
 
     def texts(
         self,
@@ -326,7 +328,12 @@ class Renderer:
 
         Every value put into the URL is percent-encoded.
         """
-        source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
+        source = self._url_sources.get(template)
+        if source is None:
+            if len(self._url_sources) > 4096:  # one per request's template: keep it bounded
+                self._url_sources.clear()
+            source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
+            self._url_sources[template] = source
         url = self._render(self._url, source, variables, "url_template")
         scheme = _scheme(url)
         if url and scheme not in self.limits.url_schemes:
@@ -389,23 +396,24 @@ class Renderer:
             True, compiled.globals,
         )  # fmt: skip
         parts: list[str] = []
+        append, monotonic = parts.append, time.monotonic
         # Characters while they cannot be over `most` bytes (UTF-8 takes at most 4
-        # bytes a character), bytes from then on.
-        size, in_bytes = 0, False
+        # bytes a character), bytes from then on: one comparison a chunk until then.
+        size, in_bytes, chars_most = 0, False, most // 4
         over = None
         try:
             for chunk in template.root_render_func(context):
-                parts.append(chunk)
-                if in_bytes:
-                    size += len(chunk.encode())
-                else:
-                    size += len(chunk)
-                    if size * 4 > most:
-                        size, in_bytes = len("".join(parts).encode()), True
-                if size > most:
-                    over = f"the output is over {most} bytes (templates.max_field_bytes)"
-                    break
-                if time.monotonic() > deadline:
+                append(chunk)
+                size += len(chunk)
+                if size > chars_most:
+                    if not in_bytes:
+                        size, in_bytes, chars_most = len("".join(parts).encode()), True, -1
+                    else:
+                        size += len(chunk.encode()) - len(chunk)
+                    if size > most:
+                        over = f"the output is over {most} bytes (templates.max_field_bytes)"
+                        break
+                if monotonic() > deadline:
                     over = f"rendering took over {limits.seconds:g}s (templates.render_timeout)"
                     break
         except Exception:
@@ -468,11 +476,17 @@ _RANGE_BUDGET = 100_000
 
 def _scheme(url: str) -> str:
     """A link's scheme as a browser reads it: control characters and blanks do not hide it."""
-    cleaned = "".join(ch for ch in url if ch > " " and ch != "\x7f")
-    head, sep, _ = cleaned.partition(":")
-    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
+    # Only what comes before the first ':' counts, and dropping blanks and control
+    # characters never removes a ':', so only that part is cleaned.
+    head, sep, _ = url.partition(":")
+    head = _BLANKS.sub("", head)
+    if not sep or not _SCHEME.fullmatch(head):
         return ""
     return head.lower()
+
+
+_BLANKS = re.compile(r"[\x00-\x20\x7f]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def _url_quote(value: Any) -> str:
