@@ -158,8 +158,14 @@ class AttemptRunner:
                 for claimed in bulk:
                     self._metrics.attempt("unrecorded", None, _message_type(claimed))
             return outcomes
-        decided = await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
-        recorded = await self._record(list(decided), deadline)
+        decided: list[_Decided]
+        if len(bulk) == 1:  # the usual bulk of a quiet queue: no task to schedule
+            decided = [await self._decide(bulk[0], users, checkpoint)]
+        else:
+            decided = list(
+                await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
+            )
+        recorded = await self._record(decided, deadline)
         await self._put_off([d for d in decided if d.outcome.result == "wait"])
         for d in decided:
             outcome = recorded[id(d)]
