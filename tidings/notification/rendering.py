@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -395,25 +396,26 @@ class Renderer:
             env, template.name, template.blocks, {**compiled.globals, **variables},
             True, compiled.globals,
         )  # fmt: skip
+        chunks = template.root_render_func(context)
         parts: list[str] = []
-        append, monotonic = parts.append, time.monotonic
         # Characters while they cannot be over `most` bytes (UTF-8 takes at most 4
-        # bytes a character), bytes from then on: one comparison a chunk until then.
-        size, in_bytes, chars_most = 0, False, most // 4
+        # bytes a character), bytes from then on. The limits are checked every few
+        # chunks, not after each: a render goes past them by a few chunks at most.
+        size, in_bytes = 0, False
         over = None
         try:
-            for chunk in template.root_render_func(context):
-                append(chunk)
-                size += len(chunk)
-                if size > chars_most:
-                    if not in_bytes:
-                        size, in_bytes, chars_most = len("".join(parts).encode()), True, -1
-                    else:
-                        size += len(chunk.encode()) - len(chunk)
-                    if size > most:
-                        over = f"the output is over {most} bytes (templates.max_field_bytes)"
-                        break
-                if monotonic() > deadline:
+            while batch := list(islice(chunks, _CHUNKS_PER_CHECK)):
+                parts += batch
+                if in_bytes:
+                    size += sum(len(chunk.encode()) for chunk in batch)
+                else:
+                    size += sum(map(len, batch))
+                    if size * 4 > most:
+                        size, in_bytes = len("".join(parts).encode()), True
+                if size > most:
+                    over = f"the output is over {most} bytes (templates.max_field_bytes)"
+                    break
+                if time.monotonic() > deadline:
                     over = f"rendering took over {limits.seconds:g}s (templates.render_timeout)"
                     break
         except Exception:
@@ -472,6 +474,8 @@ def _template_line(exc: BaseException) -> int:
 
 
 _RANGE_BUDGET = 100_000
+# Chunks rendered between two checks of the size and time limits.
+_CHUNKS_PER_CHECK = 16
 
 
 def _scheme(url: str) -> str:
