@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -421,13 +422,19 @@ def _state_of(claimed: Claimed) -> tuple[NotificationState, str | None]:
         request, request_error = None, _first_error(exc)
     return _unreadable_state(
         claimed,
-        backoff=parse_duration(claimed.backoff) if claimed.backoff else None,
+        backoff=_backoff(claimed.backoff) if claimed.backoff else None,
         request=request,
         notify_user=(
             NotifyUser.model_validate(claimed.notify_user) if claimed.notify_user else None
         ),
         last_error=claimed.last_error,
     ), request_error
+
+
+@functools.lru_cache(maxsize=1024)
+def _backoff(text: str) -> timedelta:
+    """A queue row's backoff, read once per distinct text (there are a handful)."""
+    return parse_duration(text)
 
 
 def _unreadable_state(claimed: Claimed, **read: Any) -> NotificationState:
