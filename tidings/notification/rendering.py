@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -280,6 +281,8 @@ class Renderer:
         # Compiled templates by environment and text: compiling costs far more
         # than rendering, and the same texts render for every message.
         self._compiled: dict[tuple[int, str], _Compiled] = {}
+        # URL templates as Jinja reads them (Go style rewritten), by template.
+        self._url_sources: dict[str, Source] = {}
 
     def texts(
         self,
@@ -326,7 +329,12 @@ class Renderer:
 
         Every value put into the URL is percent-encoded.
         """
-        source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
+        source = self._url_sources.get(template)
+        if source is None:
+            if len(self._url_sources) > 4096:  # one per request's template: keep it bounded
+                self._url_sources.clear()
+            source = Source(_GO_STYLE.sub(r"{{ \1 }}", template), "url_template", 1)
+            self._url_sources[template] = source
         url = self._render(self._url, source, variables, "url_template")
         scheme = _scheme(url)
         if url and scheme not in self.limits.url_schemes:
@@ -388,18 +396,20 @@ class Renderer:
             env, template.name, template.blocks, {**compiled.globals, **variables},
             True, compiled.globals,
         )  # fmt: skip
+        chunks = template.root_render_func(context)
         parts: list[str] = []
         # Characters while they cannot be over `most` bytes (UTF-8 takes at most 4
-        # bytes a character), bytes from then on.
+        # bytes a character), bytes from then on. The limits are checked every few
+        # chunks, not after each: a render goes past them by a few chunks at most.
         size, in_bytes = 0, False
         over = None
         try:
-            for chunk in template.root_render_func(context):
-                parts.append(chunk)
+            while batch := list(islice(chunks, _CHUNKS_PER_CHECK)):
+                parts += batch
                 if in_bytes:
-                    size += len(chunk.encode())
+                    size += sum(len(chunk.encode()) for chunk in batch)
                 else:
-                    size += len(chunk)
+                    size += sum(map(len, batch))
                     if size * 4 > most:
                         size, in_bytes = len("".join(parts).encode()), True
                 if size > most:
@@ -464,15 +474,23 @@ def _template_line(exc: BaseException) -> int:
 
 
 _RANGE_BUDGET = 100_000
+# Chunks rendered between two checks of the size and time limits.
+_CHUNKS_PER_CHECK = 16
 
 
 def _scheme(url: str) -> str:
     """A link's scheme as a browser reads it: control characters and blanks do not hide it."""
-    cleaned = "".join(ch for ch in url if ch > " " and ch != "\x7f")
-    head, sep, _ = cleaned.partition(":")
-    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", head):
+    # Only what comes before the first ':' counts, and dropping blanks and control
+    # characters never removes a ':', so only that part is cleaned.
+    head, sep, _ = url.partition(":")
+    head = _BLANKS.sub("", head)
+    if not sep or not _SCHEME.fullmatch(head):
         return ""
     return head.lower()
+
+
+_BLANKS = re.compile(r"[\x00-\x20\x7f]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def _url_quote(value: Any) -> str:

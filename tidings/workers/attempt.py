@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -158,8 +159,14 @@ class AttemptRunner:
                 for claimed in bulk:
                     self._metrics.attempt("unrecorded", None, _message_type(claimed))
             return outcomes
-        decided = await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
-        recorded = await self._record(list(decided), deadline)
+        decided: list[_Decided]
+        if len(bulk) == 1:  # the usual bulk of a quiet queue: no task to schedule
+            decided = [await self._decide(bulk[0], users, checkpoint)]
+        else:
+            decided = list(
+                await asyncio.gather(*(self._decide(c, users, checkpoint) for c in bulk))
+            )
+        recorded = await self._record(decided, deadline)
         await self._put_off([d for d in decided if d.outcome.result == "wait"])
         for d in decided:
             outcome = recorded[id(d)]
@@ -415,13 +422,19 @@ def _state_of(claimed: Claimed) -> tuple[NotificationState, str | None]:
         request, request_error = None, _first_error(exc)
     return _unreadable_state(
         claimed,
-        backoff=parse_duration(claimed.backoff) if claimed.backoff else None,
+        backoff=_backoff(claimed.backoff) if claimed.backoff else None,
         request=request,
         notify_user=(
             NotifyUser.model_validate(claimed.notify_user) if claimed.notify_user else None
         ),
         last_error=claimed.last_error,
     ), request_error
+
+
+@functools.lru_cache(maxsize=1024)
+def _backoff(text: str) -> timedelta:
+    """A queue row's backoff, read once per distinct text (there are a handful)."""
+    return parse_duration(text)
 
 
 def _unreadable_state(claimed: Claimed, **read: Any) -> NotificationState:

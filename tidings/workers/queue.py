@@ -43,24 +43,44 @@ class Claimed:
         return self.attempts + 1
 
 
-# The users read model's columns claim_due returns as u_<name> (NULL: unknown user).
-_USER_COLUMNS = tuple(
-    f"u_{name}"
-    for name in (
-        "user_id", "resource_owner", "username", "first_name", "last_name", "display_name",
-        "preferred_language", "last_email", "verified_email", "last_phone", "verified_phone",
-        "state", "sequence", "change_date",
-    )
+# The users read model's columns claim_due returns after the queue's own, in this
+# order (all NULL: a user it does not know).
+_USER_COLUMNS = (
+    "user_id", "resource_owner", "username", "first_name", "last_name", "display_name",
+    "preferred_language", "last_email", "verified_email", "last_phone", "verified_phone",
+    "state", "sequence", "change_date",
 )  # fmt: skip
+_QUEUE_COLUMNS = 13  # instance_id .. leased_until, as Claimed declares them
 
 
-def _claimed(row: dict[str, Any]) -> Claimed:
-    """A claim_due row: the queue's columns, and the user's as u_* (NULL: unknown)."""
-    user = {name[2:]: row.pop(name) for name in _USER_COLUMNS}
-    if user["user_id"] is None:
-        return Claimed(**row, user=None, user_read=True)
-    user["instance_id"] = row["instance_id"]
-    return Claimed(**row, user=user, user_read=True)
+def _claimed(row: tuple[Any, ...]) -> Claimed:
+    """A claim_due row (a plain tuple: no dict per row on the hot path): the queue's
+    columns, then the user's (NULL: unknown)."""
+    (
+        instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, claims,
+        request, notify_user, backoff, last_error, leased_until,
+    ) = row[:_QUEUE_COLUMNS]  # fmt: skip
+    user: dict[str, Any] | None = None
+    if row[_QUEUE_COLUMNS] is not None:
+        user = dict(zip(_USER_COLUMNS, row[_QUEUE_COLUMNS:], strict=True))
+        user["instance_id"] = instance_id
+    return Claimed(
+        instance_id=instance_id,
+        notification_id=notification_id,
+        kind=kind,
+        sequence=sequence,
+        attempts=attempts,
+        requested_at=requested_at,
+        due_at=due_at,
+        claims=claims,
+        request=request,
+        notify_user=notify_user,
+        backoff=backoff,
+        last_error=last_error,
+        leased_until=leased_until,
+        user=user,
+        user_read=True,
+    )
 
 
 class PendingQueue:
@@ -87,11 +107,8 @@ class PendingQueue:
             "active_since": active_since,
         }
         with translated_errors():
-            async with (
-                single_statement(self._pool) as conn,
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
-                await cur.execute(query("claim_due"), params)
+            async with single_statement(self._pool) as conn:
+                cur = await conn.execute(query("claim_due"), params)
                 rows = await cur.fetchall()
         return [_claimed(row) for row in rows]
 

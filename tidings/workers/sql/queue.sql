@@ -61,7 +61,8 @@ chosen AS (
 UPDATE tidings.pending_notifications p
 SET leased_until = %(lease_until)s, lease_owner = %(owner)s, claims = p.claims + 1
 FROM chosen
--- The same columns as the projections' users_get_many (a NotifyUser).
+-- The same columns as the projections' users_get_many (a NotifyUser). The workers
+-- read the returned columns by position (queue.py's _claimed): keep their order.
 LEFT JOIN tidings.users u
        ON u.instance_id = chosen.instance_id AND u.user_id = chosen.user_id
 WHERE p.instance_id = chosen.instance_id AND p.notification_id = chosen.notification_id
