@@ -236,10 +236,10 @@ class EndUserAuth:
 
     async def _jwt(self, token: str) -> EndUser:
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            parsed = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError:
             raise AuthError("the token is not a JWT", reason="malformed") from None
+        header, unverified = parsed["header"], parsed["payload"]  # parsed once, to pick the key
         claim = self._settings.instance_claim
         instance_id = unverified.get(claim)
         if not isinstance(instance_id, str) or not instance_id:
