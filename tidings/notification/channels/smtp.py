@@ -97,9 +97,11 @@ class SMTPChannel:
             start_tls=False,  # never opportunistic: STARTTLS below only when asked for
             tls_context=tls_context,
         )
+        plain: asyncio.BaseTransport | None = None  # the socket's own, under a STARTTLS layer
         try:
             with self._classified("connect"):
                 await client.connect()
+            plain = client.transport
             if settings.security == "starttls":
                 await self._start_tls(client)
             if settings.username is not None:
@@ -115,11 +117,14 @@ class SMTPChannel:
             # aiosmtplib's close() skips a transport that is already closing
             # (e.g. with unsent data after an error) and forgets it; abort it
             # ourselves, then give the loop the turn in which the socket closes,
-            # so no error path leaves a socket to the garbage collector.
+            # so no error path leaves a socket to the garbage collector. A
+            # STARTTLS that failed may leave the plain transport under a TLS one
+            # (or under none): abort that too.
             transport = client.transport
             client.close()
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.abort()
+            for layer in {transport, plain}:
+                if isinstance(layer, asyncio.WriteTransport):
+                    layer.abort()
             await asyncio.sleep(0)
 
     async def _start_tls(self, client: aiosmtplib.SMTP) -> None:
