@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import browser as browser
-from tests.browser import serve_pages
+from tests.browser import chromium_or_stop, serve_pages
 from tidings.feeds.page import INBOX_MEDIA_TYPE, inbox_html
 
 
@@ -33,3 +35,17 @@ def test_headless_chromium_reads_the_inbox_page_from_a_local_server(browser: Any
         if entry["level"] == "SEVERE" and "404" not in entry["message"]
     ]  # fmt: skip
     assert script_errors == []
+
+
+def test_without_chromium_a_page_test_fails_under_ci_and_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium, no chromedriver
+    monkeypatch.setenv("CI", "true")
+    # BaseException: a skip here must fail this test, not skip it.
+    with pytest.raises(BaseException, match="apt-get install chromium chromium-driver") as stopped:
+        chromium_or_stop()
+    assert isinstance(stopped.value, pytest.fail.Exception), type(stopped.value)
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        chromium_or_stop()
