@@ -30,7 +30,8 @@ the span (bench/workers.py --only latency measures source event -> send).
 With --processes 1,2, the real command `tidings run --processes N` (one
 request worker per process, bulk 100, the log channel) drains the same queue
 for each N, alternating: the scaling from more processes on this machine
-(timed from the first send recorded to the last, so start-up is left out).
+(timed from the commit of all the requests, appended at once when every
+process listens, to the last send recorded: start-up is left out).
 
 With --baseline PATH (a checkout of tidings, e.g. `git worktree add /tmp/before
 main`; repeatable), the tidings contenders run again from that checkout, labelled
@@ -633,7 +634,14 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
 
 
 async def processes_run(server: Server, processes: int, jobs: int, name: str) -> float:
-    """`tidings run --processes N` (the real command) draining `jobs` requests: sent/s."""
+    """`tidings run --processes N` (the real command) draining `jobs` requests: sent/s.
+
+    The processes start on an empty queue; once every one of them listens for
+    wake-ups, all the requests are appended in one transaction, and the span is
+    that commit to the last send recorded, both by the database's clock. So no
+    process's start-up (interpreter, imports, connections) is in it, and every
+    N starts with all its processes ready.
+    """
     import psycopg
     from workers import CRYPTO, INSTANCES, USERS, bench_settings, request_events, user_added
 
@@ -645,15 +653,6 @@ async def processes_run(server: Server, processes: int, jobs: int, name: str) ->
     try:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             await migrate(conn)
-        async with open_database(DatabaseSettings(url=url)) as db:
-            users = [
-                user_added(f"user-{u}", instance_id=f"inst-{u % INSTANCES}") for u in range(USERS)
-            ]
-            await db.store.append(users)
-            await Service(db=db, settings=bench_settings(url)).projector.catch_up()
-            events = request_events(jobs)
-            for start in range(0, jobs, ENQUEUE_BATCH):
-                await db.store.append(events[start : start + ENQUEUE_BATCH])
         key = CRYPTO.keys["k1"].get_secret_value()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
         env.update(
@@ -665,30 +664,54 @@ async def processes_run(server: Server, processes: int, jobs: int, name: str) ->
         )
         argv = [sys.executable, "-m", "tidings", "--log-level", "warning", "run"]
         argv += ["--processes", str(processes), "--workers", "1", "--retry-workers", "0"]
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with open_database(DatabaseSettings(url=url)) as db:
+            users = [
+                user_added(f"user-{u}", instance_id=f"inst-{u % INSTANCES}") for u in range(USERS)
+            ]
+            await db.store.append(users)
+            await Service(db=db, settings=bench_settings(url)).projector.catch_up()
+            events = request_events(jobs)
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
             )
-            started = time.perf_counter()
             try:
-                while True:
-                    cur = await conn.execute(
-                        "SELECT count(*) FROM tidings.events WHERE event_type = 'notification.sent'"
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as watch:
+                    # Each process's worker pool holds one LISTEN connection (the
+                    # projector's leader one more): wait for N of them.
+                    await _until(
+                        watch,
+                        "SELECT count(*) >= %s FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
+                        (processes,),
+                        timeout=60,
+                        what=f"--processes {processes}: every process listening",
                     )
-                    row = await cur.fetchone()
-                    if row is not None and row[0] >= jobs:
-                        break
-                    if time.perf_counter() - started > 60 + jobs / 20:
-                        raise SystemExit(f"--processes {processes}: {row} of {jobs} sent in time")
-                    await asyncio.sleep(0.05)
-                # From the first send recorded to the last: the processes' start-up
-                # (interpreters, imports, connections) is left out for every N alike.
-                cur = await conn.execute(
-                    "SELECT extract(epoch FROM max(created_at) - min(created_at))"
-                    " FROM tidings.events WHERE event_type = 'notification.sent'"
-                )
-                span = await cur.fetchone()
-                elapsed = float(span[0]) if span and span[0] else time.perf_counter() - started
+                    async with db.pool.connection() as conn:
+                        async with conn.transaction():
+                            for start in range(0, jobs, ENQUEUE_BATCH):
+                                await db.store.append(
+                                    events[start : start + ENQUEUE_BATCH], conn=conn
+                                )
+                        cur = await conn.execute("SELECT clock_timestamp()")
+                        now = await cur.fetchone()
+                        assert now is not None
+                        committed = now[0]
+                    await _until(
+                        watch,
+                        "SELECT count(*) >= %s FROM tidings.events"
+                        " WHERE event_type = 'notification.sent'",
+                        (jobs,),
+                        timeout=60 + jobs / 20,
+                        what=f"--processes {processes}: {jobs} sent",
+                    )
+                    cur = await watch.execute(
+                        "SELECT extract(epoch FROM max(created_at) - %s) FROM tidings.events"
+                        " WHERE event_type = 'notification.sent'",
+                        (committed,),
+                    )
+                    span = await cur.fetchone()
+                    assert span is not None
+                    elapsed = float(span[0])
             finally:
                 proc.terminate()
                 await proc.wait()
@@ -697,6 +720,21 @@ async def processes_run(server: Server, processes: int, jobs: int, name: str) ->
     rate = jobs / elapsed
     print(f"  tidings run --processes {processes:<3} {rate:>8,.0f}/s", flush=True)
     return rate
+
+
+async def _until(
+    conn: Any, query: str, params: tuple[Any, ...], *, timeout: float, what: str
+) -> None:
+    """Poll `query` (one boolean) every 50 ms until it holds; SystemExit after `timeout` s."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        cur = await conn.execute(query, params)
+        row = await cur.fetchone()
+        if row is not None and row[0]:
+            return
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.05)
 
 
 def _version(package: str) -> str:
