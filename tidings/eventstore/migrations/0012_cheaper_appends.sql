@@ -292,6 +292,7 @@ DECLARE
     payloads         jsonb[];
     owners           text[];
     creators         text[];
+    me               text := current_user;  -- the creator of events that name none
 BEGIN
     IF jsonb_typeof(p_events) IS DISTINCT FROM 'array' OR jsonb_array_length(p_events) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -300,41 +301,45 @@ BEGIN
 
     -- One pass: the arrays in the batch's order (the order the elements come
     -- out of jsonb_array_elements, which the aggregates keep), and whether
-    -- every element passes every check below. Nothing here can fail on a
-    -- wrong element (the expected sequence stays text until the checks pass).
+    -- every element passes every check below. Each field is looked up once
+    -- (the lateral subquery, kept as one by OFFSET 0, is evaluated once per
+    -- element). Nothing here can fail on a wrong element: the expected
+    -- sequence stays text until the checks pass. An aggregate_type of "user"
+    -- or "session" with an event type that starts with it and a dot is what
+    -- 0011's two checks of the pair accept.
     SELECT bool_and(CASE
                WHEN jsonb_typeof(t.x) IS DISTINCT FROM 'object' THEN false
                ELSE coalesce(
-                   jsonb_typeof(t.x->'instance_id') = 'string' AND t.x->>'instance_id' <> ''
-                   AND jsonb_typeof(t.x->'aggregate_type') = 'string'
-                   AND t.x->>'aggregate_type' <> ''
-                   AND jsonb_typeof(t.x->'aggregate_id') = 'string' AND t.x->>'aggregate_id' <> ''
-                   AND jsonb_typeof(t.x->'event_type') = 'string' AND t.x->>'event_type' <> ''
-                   AND t.x - '{instance_id,aggregate_type,aggregate_id,event_type,payload,expected_sequence,owner,creator}'::text[]
-                       = '{}'::jsonb
-                   AND (t.x->>'event_type' LIKE 'user.%' OR t.x->>'event_type' LIKE 'session.%')
-                   AND t.x->>'aggregate_type' = split_part(t.x->>'event_type', '.', 1)
-                   AND jsonb_typeof(coalesce(t.x->'payload', '{}')) = 'object'
-                   AND (jsonb_typeof(t.x->'payload'->'code') IS DISTINCT FROM 'object'
-                        OR NOT t.x->'payload'->'code' ? 'plain')
-                   AND (jsonb_typeof(t.x->'expected_sequence') IS NULL
-                        OR jsonb_typeof(t.x->'expected_sequence') = 'null'
-                        OR (jsonb_typeof(t.x->'expected_sequence') = 'number'
-                            AND (t.x->>'expected_sequence')::numeric >= 0)),
+                   jsonb_typeof(f.i) = 'string' AND f.i <> '""'
+                   AND jsonb_typeof(f.a) = 'string' AND f.a <> '""'
+                   AND jsonb_typeof(f.et) = 'string'
+                   AND ((f.at = '"user"' AND f.et #>> '{}' LIKE 'user.%')
+                        OR (f.at = '"session"' AND f.et #>> '{}' LIKE 'session.%'))
+                   AND t.x - '{instance_id,aggregate_type,aggregate_id,event_type,payload,'
+                             'expected_sequence,owner,creator}'::text[] = '{}'::jsonb
+                   AND (f.p IS NULL OR jsonb_typeof(f.p) = 'object')
+                   AND (jsonb_typeof(f.c) IS DISTINCT FROM 'object' OR NOT f.c ? 'plain')
+                   AND (f.es IS NULL OR f.es = 'null'
+                        OR (jsonb_typeof(f.es) = 'number' AND f.es >= '0')),
                    false)
            END),
-           array_agg(t.x->>'instance_id'),
-           array_agg(t.x->>'aggregate_type'),
-           array_agg(t.x->>'aggregate_id'),
-           array_agg(CASE WHEN jsonb_typeof(t.x->'expected_sequence') = 'number'
-                          THEN t.x->>'expected_sequence' END),
-           array_agg(t.x->>'event_type'),
-           array_agg(coalesce(t.x->'payload', '{}')),
+           array_agg(f.i #>> '{}'),
+           array_agg(f.at #>> '{}'),
+           array_agg(f.a #>> '{}'),
+           array_agg(CASE WHEN jsonb_typeof(f.es) = 'number' THEN f.es #>> '{}' END),
+           array_agg(f.et #>> '{}'),
+           array_agg(coalesce(f.p, '{}')),
            array_agg(coalesce(t.x->>'owner', '')),
-           array_agg(coalesce(t.x->>'creator', current_user))
+           array_agg(coalesce(t.x->>'creator', me))
     INTO all_good, instance_ids, aggregate_types, aggregate_ids, expected, event_types,
          payloads, owners, creators
-    FROM jsonb_array_elements(p_events) AS t(x);
+    FROM jsonb_array_elements(p_events) AS t(x)
+    CROSS JOIN LATERAL (
+        SELECT t.x->'instance_id' AS i, t.x->'aggregate_type' AS at, t.x->'aggregate_id' AS a,
+               t.x->'event_type' AS et, t.x->'payload' AS p, t.x->'payload'->'code' AS c,
+               t.x->'expected_sequence' AS es
+        OFFSET 0
+    ) f;
 
     IF NOT all_good THEN
         -- 0011's checks, which name the first wrong element and its first
