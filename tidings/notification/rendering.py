@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -29,9 +29,10 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 from tidings.notification.errors import RenderError
 from tidings.notification.messages import MESSAGE_TYPES, is_message_type_name
@@ -367,16 +368,33 @@ class Renderer:
                 )
                 raise _render_error(source, label, too_much) from None
             return text
+        compiled = self._compiled_for(env, source, label)
+        if compiled.plan is not None:
+            # Only substitutions and ifs: filled in directly, as Jinja would. Anything
+            # it cannot tell for sure (an unknown name, a value that is not text, an
+            # output over the limit) goes through Jinja, which renders or raises.
+            filled = _fill(compiled.plan, variables, compiled.convert)
+            if filled is not None and (
+                len(filled) * 4 <= self.limits.max_field_bytes
+                or len(filled.encode()) <= self.limits.max_field_bytes
+            ):
+                return filled
+        try:
+            return self._within_limits(env, compiled, variables)
+        except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
+            raise _render_error(source, label, exc) from None
+
+    def _compiled_for(
+        self, env: ImmutableSandboxedEnvironment, source: Source, label: str
+    ) -> _Compiled:
+        """The template compiled (and planned) once per environment and text."""
         key = (id(env), source.text)
         compiled = self._compiled.get(key)
         if compiled is None:
             if len(self._compiled) > 4096:  # overrides change; do not grow without bound
                 self._compiled.clear()
             compiled = self._compiled[key] = _compile(env, source, label)
-        try:
-            return self._within_limits(env, compiled, variables)
-        except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
-            raise _render_error(source, label, exc) from None
+        return compiled
 
     def _within_limits(
         self, env: ImmutableSandboxedEnvironment, compiled: _Compiled, variables: Mapping[str, Any]
@@ -432,16 +450,26 @@ def _is_literal(text: str) -> bool:
 
 @dataclass(frozen=True)
 class _Compiled:
-    """A compiled template and its globals, copied once (they never change)."""
+    """A compiled template and its globals, copied once (they never change).
+
+    `plan`: the template as substitutions and ifs, when it is no more than that
+    (most texts: `Hello {{ user.display_name }},`), with `convert`, what Jinja
+    does to a value it writes (escape, finalize, str).
+    """
 
     template: Template
     globals: dict[str, Any]
+    plan: _Plan | None = None
+    convert: Callable[[str | int], str] = str
 
 
 def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> _Compiled:
     try:
         template = env.from_string(source.text)
-        return _Compiled(template, dict(template.globals))
+        convert = _converter(env)
+        if convert is None:
+            return _Compiled(template, dict(template.globals))
+        return _Compiled(template, dict(template.globals), _plan(env.parse(source.text)), convert)
     except TemplateSyntaxError as exc:
         line = source.line + (exc.lineno or 1) - 1
         raise RenderError(
@@ -451,6 +479,172 @@ def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> 
         ) from None
     except Exception as exc:
         raise _render_error(source, label, exc) from None
+
+
+# --- templates that only substitute ---------------------------------------------------
+#
+# Most texts are words and `{{ name }}` or `{{ name.key }}`, some with an
+# `{% if name %}`. Such a template is kept as a plan (literal text, values,
+# branches) and filled in without Jinja's per-render machinery. The plan says
+# exactly what the compiled template does with values that are text or whole
+# numbers in plain dicts; for anything else (`{{ user.items }}`, a number with
+# a fraction, a name the variables lack) _fill gives up and Jinja renders it,
+# error messages and limits included.
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """`name`, or `name.key.key`: a variable, then keys into plain dicts."""
+
+    name: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    """`{% if a %}..{% elif b %}..{% else %}..{% endif %}`."""
+
+    tests: tuple[tuple[_Value, _Plan], ...]
+    otherwise: _Plan
+
+
+_Plan = tuple["str | _Value | _Branch", ...]
+_GIVE_UP = object()
+
+
+def _plan(template: nodes.Template) -> _Plan | None:
+    """The template as a plan, or None when it does more than substitute and branch."""
+    return _plan_body(template.body)
+
+
+def _plan_body(body: list[nodes.Node]) -> _Plan | None:
+    steps: list[str | _Value | _Branch] = []
+    for node in body:
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                if isinstance(child, nodes.TemplateData):
+                    steps.append(child.data)
+                elif (value := _plan_value(child)) is not None:
+                    steps.append(value)
+                else:
+                    return None
+        elif type(node) is nodes.If:
+            branch = _plan_if(node)
+            if branch is None:
+                return None
+            steps.append(branch)
+        else:
+            return None
+    return tuple(steps)
+
+
+def _plan_if(node: nodes.If) -> _Branch | None:
+    tests = []
+    for part in (node, *node.elif_):
+        test, body = _plan_value(part.test), _plan_body(part.body)
+        if test is None or body is None:
+            return None
+        tests.append((test, body))
+    otherwise = _plan_body(node.else_)
+    return None if otherwise is None else _Branch(tuple(tests), otherwise)
+
+
+def _plan_value(node: nodes.Node) -> _Value | None:
+    """A variable and its keys, if `node` is no more than that."""
+    keys: list[str] = []
+    while not isinstance(node, nodes.Name):
+        if isinstance(node, nodes.Getattr) and not hasattr(dict, node.attr):
+            keys.append(node.attr)  # `user.items` would be dict.items: not planned
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and type(node.arg.value) is str
+        ):
+            keys.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    if node.ctx != "load":
+        return None
+    return _Value(node.name, tuple(reversed(keys)))
+
+
+def _fill(
+    plan: _Plan, variables: Mapping[str, Any], convert: Callable[[str | int], str]
+) -> str | None:
+    """The plan rendered with `variables`, or None when only Jinja can tell."""
+    parts: list[str] = []
+    if _fill_into(parts, plan, variables, convert):
+        return "".join(parts)
+    return None
+
+
+def _fill_into(
+    parts: list[str],
+    plan: _Plan,
+    variables: Mapping[str, Any],
+    convert: Callable[[str | int], str],
+) -> bool:
+    append = parts.append
+    for step in plan:
+        if type(step) is str:
+            append(step)
+        elif type(step) is _Value:
+            value = _look_up(step, variables)
+            if value is _GIVE_UP:
+                return False
+            append(convert(value))
+        else:
+            assert type(step) is _Branch
+            chosen = step.otherwise
+            for test, body in step.tests:
+                value = _look_up(test, variables)
+                if value is _GIVE_UP:
+                    return False
+                if value:
+                    chosen = body
+                    break
+            if not _fill_into(parts, chosen, variables, convert):
+                return False
+    return True
+
+
+def _look_up(step: _Value, variables: Mapping[str, Any]) -> Any:
+    """The value, if it is text or a whole number reached through plain dicts; else _GIVE_UP."""
+    value = variables.get(step.name, _GIVE_UP)
+    if not step.keys:
+        return value if type(value) is str or type(value) is int else _GIVE_UP
+    for key in step.keys:
+        if type(value) is not dict:
+            return _GIVE_UP
+        value = value.get(key, _GIVE_UP)
+    return value if type(value) is str or type(value) is int else _GIVE_UP
+
+
+def _converter(env: ImmutableSandboxedEnvironment) -> Callable[[str | int], str] | None:
+    """What the compiled template does to a value it writes: `escape(finalize(v))` with
+    autoescape, `str(finalize(v))` without (jinja2.compiler, _output_child_pre); None
+    when that depends on more than the value (Jinja's path only)."""
+    finalize = env.finalize
+    autoescape = env.autoescape
+    if callable(autoescape) or (
+        finalize is not None and getattr(finalize, "jinja_pass_arg", None) is not None
+    ):
+        return None
+    if finalize is None:
+        return _escape if autoescape else str
+    if autoescape:
+        return lambda value: _escape(finalize(value))
+    return lambda value: str(finalize(value))
+
+
+def _escape(value: Any) -> str:
+    """markupsafe's escape, without building a Markup for text that has nothing to escape."""
+    if type(value) is str and not (
+        "&" in value or "<" in value or ">" in value or "'" in value or '"' in value
+    ):  # the five characters markupsafe.escape replaces
+        return value
+    return escape(value)
 
 
 def _render_error(source: Source, label: str, exc: Exception) -> RenderError:
