@@ -122,8 +122,11 @@ class MessageComposer:
         parts = dict(texts)
         if isinstance(content, EmailContent):
             parts |= {"layout.html": content.html, "layout.txt": content.text}
+        most = self._renderer.limits.max_message_bytes
+        if sum(map(len, parts.values())) * 4 <= most:
+            return  # UTF-8 takes at most 4 bytes a character: within, however it encodes
         sizes = {name: len(text.encode()) for name, text in parts.items()}
-        total, most = sum(sizes.values()), self._renderer.limits.max_message_bytes
+        total = sum(sizes.values())
         if total > most:
             largest = max(sizes, key=lambda name: sizes[name])
             raise RenderError(

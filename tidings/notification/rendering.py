@@ -17,6 +17,7 @@ pool crashing.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -361,11 +362,9 @@ class Renderer:
             # No tag, no comment: Jinja would give the text back (less one final
             # newline), so it is not compiled or rendered at all.
             text = source.text.removesuffix("\n")
-            if len(text.encode()) > self.limits.max_field_bytes:
-                too_much = _TooMuch(
-                    f"the output is over {self.limits.max_field_bytes} bytes "
-                    "(templates.max_field_bytes)"
-                )
+            most = self.limits.max_field_bytes
+            if len(text) * 4 > most and len(text.encode()) > most:
+                too_much = _TooMuch(f"the output is over {most} bytes (templates.max_field_bytes)")
                 raise _render_error(source, label, too_much) from None
             return text
         compiled = self._compiled_for(env, source, label)
@@ -706,6 +705,7 @@ _UNITS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def humanize(duration: timedelta | None, lang: str) -> str:
     """`10 minutes` / `10 Minuten`: the largest whole unit (English for unknown languages)."""
     if duration is None:
