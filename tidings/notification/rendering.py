@@ -676,6 +676,8 @@ def _scheme(url: str) -> str:
     # Only what comes before the first ':' counts, and dropping blanks and control
     # characters never removes a ':', so only that part is cleaned.
     head, sep, _ = url.partition(":")
+    if sep and head.isascii() and head.isalpha():  # `https`: nothing to clean
+        return head.lower()
     head = _BLANKS.sub("", head)
     if not sep or not _SCHEME.fullmatch(head):
         return ""
