@@ -86,6 +86,8 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, *, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._redacting = _Redacting(secrets)
+        # What json.dumps(document, default=str, ensure_ascii=False) would build per line.
+        self._encoder = json.JSONEncoder(default=str, ensure_ascii=False)
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
@@ -103,7 +105,7 @@ class JsonFormatter(logging.Formatter):
             document["exception"] = record.exc_text
         if record.stack_info:
             document["stack"] = self.formatStack(record.stack_info)
-        line = json.dumps(document, default=str, ensure_ascii=False)
+        line = self._encoder.encode(document)
         return self._redacting.redact(line)
 
 
