@@ -17,10 +17,13 @@ pool crashing.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
+import os
 import re
+import stat
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -60,12 +63,29 @@ class Source:
     line: int
 
 
+@dataclass(frozen=True)
+class Scope:
+    """An override folder (`<dir>/_default`, `<dir>/<instance id>`) and what is in it."""
+
+    path: Path
+    names: frozenset[str]  # its files, as listed
+    languages: frozenset[str]  # of its texts files
+
+    def file(self, name: str) -> str:
+        """The path of a file in it, as text (`str(path / name)`, without pathlib's cost)."""
+        return f"{self.path}{os.sep}{name}"
+
+
 class TextCatalog:
     """Finds each text and layout: instance override, _default override, built-in."""
 
     def __init__(self, *, override_dir: Path | None) -> None:
         self._dir = override_dir
-        self._cache: dict[Path, tuple[int, dict[str, dict[str, Source]]]] = {}
+        # What was read of the override folder, by path, with the mtime it had:
+        # read again when that changes (see _unchanged).
+        self._cache: dict[str, tuple[int, dict[str, dict[str, Source]]]] = {}
+        self._layouts: dict[str, tuple[int, Source]] = {}
+        self._listed: dict[Path, tuple[int, Scope]] = {}
         self._built_in_texts: dict[str, dict[str, dict[str, Source]]] = {}
         package = resources.files("tidings.notification").joinpath("templates")
         for entry in package.iterdir():
@@ -79,34 +99,59 @@ class TextCatalog:
             for kind in ("html", "txt")
         }  # fmt: skip
 
-    def languages(self, instance_id: str) -> set[str]:
-        """Languages that have texts for this instance."""
+    def languages(self, instance_id: str, *, scopes: Sequence[Scope] | None = None) -> set[str]:
+        """Languages that have texts for this instance (`scopes`: its override folders,
+        when the caller found them already)."""
         found = set(self._built_in_texts)
-        for scope in self._scopes(instance_id):
-            for path in scope.glob("texts.*.yaml"):
-                lang = _text_file_language(path.name)
-                if lang is not None:
-                    found.add(lang)
+        for scope in self.scopes(instance_id) if scopes is None else scopes:
+            found |= scope.languages
         return found
 
-    def texts(self, instance_id: str, lang: str, message_type: str) -> dict[str, Source]:
+    def texts(
+        self,
+        instance_id: str,
+        lang: str,
+        message_type: str,
+        *,
+        scopes: Sequence[Scope] | None = None,
+    ) -> dict[str, Source]:
         """Every text field of a message type, the most specific override winning."""
         merged = dict(self._built_in_texts.get(lang, {}).get(message_type, {}))
-        for scope in reversed(self._scopes(instance_id)):
-            path = scope / f"texts.{lang}.yaml"
-            merged.update(self._override(path).get(message_type, {}))
+        name = f"texts.{lang}.yaml"
+        for scope in reversed(self.scopes(instance_id) if scopes is None else scopes):
+            if name in scope.names:
+                merged.update(self._override(scope.file(name)).get(message_type, {}))
         return merged
 
-    def layout(self, instance_id: str, kind: str) -> Source:
+    def layout(
+        self, instance_id: str, kind: str, *, scopes: Sequence[Scope] | None = None
+    ) -> Source:
         """The html or txt layout of an instance."""
-        for scope in self._scopes(instance_id):
-            path = scope / f"layout.{kind}"
-            if path.is_file():
-                return Source(_read(path), str(path), 1)
+        name = f"layout.{kind}"
+        for scope in self.scopes(instance_id) if scopes is None else scopes:
+            if name not in scope.names:
+                continue
+            path = scope.file(name)
+            try:
+                found = os.stat(path)
+            except OSError as exc:
+                if exc.errno in _NOT_THERE:  # removed since the folder was listed
+                    continue
+                raise
+            if not stat.S_ISREG(found.st_mode):
+                continue
+            cached = self._layouts.get(path)
+            if cached is not None and cached[0] == found.st_mtime_ns:
+                return cached[1]
+            source = Source(_read(path), path, 1)
+            if _unchanged(found.st_mtime_ns):
+                self._layouts[path] = (found.st_mtime_ns, source)
+            return source
         return self._built_in_layouts[kind]
 
-    def _scopes(self, instance_id: str) -> list[Path]:
-        """Override folders, most specific first.
+    def scopes(self, instance_id: str) -> list[Scope]:
+        """Override folders, most specific first, each with what is in it (what one
+        message looks up once, and passes to languages, texts and layout).
 
         An instance id is a folder name, never a path: one outside INSTANCE_ID
         (`../outside`, `a/b`) has no folder of its own (only _default and the
@@ -115,33 +160,79 @@ class TextCatalog:
         """
         if self._dir is None:
             return []
-        root = self._dir.resolve()
         names = [DEFAULT_SCOPE]
         if INSTANCE_ID.fullmatch(instance_id) and instance_id != DEFAULT_SCOPE:
             names.insert(0, instance_id)
         scopes = []
         for name in names:
             folder = self._dir / name
-            if folder.is_dir():
-                if not folder.resolve().is_relative_to(root):
-                    raise RenderError(
-                        f"{folder}: the override folder leads outside templates.dir ({root})",
-                        template=str(folder),
-                    )
-                scopes.append(folder)
+            try:
+                found = folder.lstat()
+                # A folder itself (not a link) named like this is inside templates.dir
+                # whatever the path to it; only a link needs resolving to tell.
+                if stat.S_ISLNK(found.st_mode):
+                    found = folder.stat()
+                    if stat.S_ISDIR(found.st_mode):
+                        root = self._dir.resolve()
+                        if not folder.resolve().is_relative_to(root):
+                            raise RenderError(
+                                f"{folder}: the override folder leads outside templates.dir "
+                                f"({root})",
+                                template=str(folder),
+                            )
+            except OSError as exc:
+                if exc.errno in _NOT_THERE:
+                    continue
+                raise
+            if stat.S_ISDIR(found.st_mode):
+                scopes.append(self._listing(folder, found.st_mtime_ns))
         return scopes
 
-    def _override(self, path: Path) -> dict[str, dict[str, Source]]:
+    def _listing(self, folder: Path, mtime: int) -> Scope:
+        """The folder as listed at this mtime (adding, removing or renaming a file in a
+        folder changes its mtime, so a listing is kept until then)."""
+        cached = self._listed.get(folder)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
         try:
-            mtime = path.stat().st_mtime_ns
+            names = frozenset(os.listdir(folder))
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise
+            names = frozenset()  # removed since its mtime was read
+        languages = (_text_file_language(name) for name in names)
+        scope = Scope(folder, names, frozenset(lang for lang in languages if lang is not None))
+        if _unchanged(mtime):
+            if len(self._listed) > 4096:  # a folder per instance: do not grow without bound
+                self._listed.clear()
+            self._listed[folder] = (mtime, scope)
+        return scope
+
+    def _override(self, path: str) -> dict[str, dict[str, Source]]:
+        try:
+            mtime = os.stat(path).st_mtime_ns
         except FileNotFoundError:
             return {}
         cached = self._cache.get(path)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-        texts = _parse_texts(_read(path), str(path))
-        self._cache[path] = (mtime, texts)
+        texts = _parse_texts(_read(path), path)
+        if _unchanged(mtime):
+            self._cache[path] = (mtime, texts)
         return texts
+
+
+# Errors for which Path.is_dir() and is_file() say False rather than raise.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+# A file or folder changed this recently may change again within the same tick of
+# the file system's clock, keeping its mtime: what is read of it is not kept yet.
+_SETTLED_NS = 2_000_000_000
+
+
+def _unchanged(mtime_ns: int) -> bool:
+    """Whether what was read at this mtime can be kept: it is old enough that a later
+    change gets another mtime."""
+    return time.time_ns() - mtime_ns > _SETTLED_NS
 
 
 def _text_file_language(name: str) -> str | None:
@@ -149,11 +240,11 @@ def _text_file_language(name: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text("utf-8")
+        return Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RenderError(f"{path}: cannot read the override: {exc}", template=str(path)) from exc
+        raise RenderError(f"{path}: cannot read the override: {exc}", template=path) from exc
 
 
 def _parse_texts(text: str, where: str) -> dict[str, dict[str, Source]]:
@@ -295,13 +386,16 @@ class Renderer:
         variables: Mapping[str, Any],
         fields: tuple[str, ...] = MESSAGE_FIELDS,
         only: Collection[str] | None = None,
+        scopes: Sequence[Scope] | None = None,
+        found: Mapping[str, Source] | None = None,
     ) -> dict[str, str]:
         """The message's text `fields` (by default those of email and SMS), rendered.
 
         All `fields` must exist, though only those in `only` are rendered: a
         text missing for one channel of email and SMS is an error for both.
         """
-        found = self.catalog.texts(instance_id, lang, message_type)
+        if found is None:  # else: what the caller had the catalog find for these
+            found = self.catalog.texts(instance_id, lang, message_type, scopes=scopes)
         sources = {name: found[name] for name in fields if name in found}
         missing = [f for f in fields if f not in sources]
         if found and missing and message_type not in MESSAGE_TYPES:
@@ -320,10 +414,17 @@ class Renderer:
             if only is None or name in only
         }
 
-    def layout(self, *, instance_id: str, kind: str, variables: Mapping[str, Any]) -> str:
+    def layout(
+        self,
+        *,
+        instance_id: str,
+        kind: str,
+        variables: Mapping[str, Any],
+        scopes: Sequence[Scope] | None = None,
+    ) -> str:
         """The email layout (html or txt) around already rendered texts."""
         env = self._html if kind == "html" else self._plain
-        source = self.catalog.layout(instance_id, kind)
+        source = self.catalog.layout(instance_id, kind, scopes=scopes)
         return self._render(env, source, variables, f"layout.{kind}")
 
     def url(self, template: str, variables: Mapping[str, Any]) -> str:
