@@ -90,8 +90,7 @@ from tidings.projections import notify_user
 from tidings.service import Service
 from tidings.workers import PendingQueue
 from tidings.workers.attempt import sent_events
-from tidings.workers.queue import Claimed
-from tidings.workers.sql import query as claim_query
+from tidings.workers.queue import Claimed, claim_statement
 
 INSTANCES = 10
 USERS = 1_000
@@ -830,7 +829,7 @@ async def measure_claims(
         queue = PendingQueue(pool=db.pool)
         durations: list[float] = []
         rows = 0
-        explain = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + claim_query("claim_due")
+        explain = b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + claim_statement(100)
         plans: list[tuple[float, int]] = []
         for k in range(WARMUP_CLAIMS + claims):
             now = now_utc()

@@ -16,7 +16,7 @@ from tests.cli import clean_env, tidings
 from tests.ops_helpers import free_port, running, serving, wait_for
 from tests.worker_helpers import CRYPTO, KEY
 from tidings.config import Settings
-from tidings.eventstore import Database, EventQuery
+from tidings.eventstore import Database, EventQuery, NewEvent
 from tidings.notification.codes import CodeCipher
 from tidings.projections import Projector, default_projections
 
@@ -272,11 +272,60 @@ GOOD = (  # one element the door takes
             f"[{GOOD}, {GOOD.replace('user.removed', 'session.added')}]",
             "event 1: session.added on a user aggregate",
         ),
+        # Each also fails the door's one-pass check, which sends the batch to
+        # these named checks (a value in an array is not a string, a type
+        # without its dot is no user.* type, true is no number).
+        (
+            GOOD.replace('"a"', '["a"]').join("[]"),
+            "event 0: instance_id must be a non-empty string",
+        ),
+        (GOOD.replace("user.removed", "user").join("[]"), "event 0: user on a user aggregate"),
+        (
+            GOOD.replace('"user",', '"session",').join("[]"),
+            "event 0: user.removed on a session aggregate",
+        ),
+        (f'[{GOOD[:-1]}, "expected_sequence": true}}]', "event 0: expected_sequence must be"),
+        (
+            f'[{GOOD[:-1]}, "payload": {{"code": {{"plain": null}}}}}}]',
+            "event 0: payload.code must be encrypted",
+        ),
     ],
 )
 def test_the_sql_door_names_what_is_wrong(conninfo: str, events: str, error: str) -> None:
     result = psql(conninfo, f"SELECT * FROM tidings.append_events('{events}');")
     assert result.returncode != 0 and error in result.stderr
+
+
+async def test_the_sql_door_appends_a_batch_in_its_order(conninfo: str, db: Database) -> None:
+    """Sequences per aggregate and positions follow the batch; defaults fill what is left out."""
+    await db.store.append([NewEvent(instance_id="a", aggregate_type="user", aggregate_id="u1",
+                                    event_type="user.human.added", payload={})])  # fmt: skip
+    batch = [
+        {"instance_id": "a", "aggregate_type": "user", "aggregate_id": "u1",
+         "event_type": "user.human.phone.changed", "payload": {"n": 0}, "owner": "org"},
+        {"instance_id": "a", "aggregate_type": "user", "aggregate_id": "u2",
+         "event_type": "user.human.added", "expected_sequence": 0},
+        {"instance_id": "a", "aggregate_type": "user", "aggregate_id": "u1",
+         "event_type": "user.human.phone.changed", "payload": {"n": 1}, "creator": "platform",
+         "expected_sequence": 2},
+        {"instance_id": "b", "aggregate_type": "session", "aggregate_id": "u1",
+         "event_type": "session.added", "expected_sequence": None},
+    ]  # fmt: skip
+    result = psql(
+        conninfo,
+        "SELECT out_sequence FROM tidings.append_events('" + json.dumps(batch) + "');",
+    )
+    assert result.returncode == 0, result.stderr
+    stored = await db.store.query(EventQuery(position_after=0))
+    assert [(e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence) for e in stored] == [
+        ("a", "user", "u1", 1), ("a", "user", "u1", 2), ("a", "user", "u2", 1),
+        ("a", "user", "u1", 3), ("b", "session", "u1", 1),
+    ]  # fmt: skip
+    door = stored[1:]
+    assert [e.payload for e in door] == [{"n": 0}, {}, {"n": 1}, {}]
+    assert [e.owner for e in door] == ["org", "", "", ""]
+    assert door[2].creator == "platform" and door[0].creator != ""  # the database user
+    assert len({e.created_at for e in door}) == 1  # one transaction
 
 
 async def test_run_serve_runs_the_api_next_to_the_workers(conninfo: str, tmp_path: Path) -> None:

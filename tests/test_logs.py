@@ -15,7 +15,7 @@ from tests.cli import clean_env, tidings
 from tests.ops_helpers import planned_sink
 from tests.projection_helpers import code_event, user_added
 from tests.worker_helpers import CRYPTO, KEY, WEBHOOK_SECRET, worker_env
-from tidings.cli.logs import JsonFormatter, TextFormatter, configure_logging
+from tidings.cli.logs import TEXT_FORMAT, JsonFormatter, TextFormatter, configure_logging
 from tidings.config import load_settings
 from tidings.config.masking import IN_FLIGHT
 from tidings.eventstore import Database
@@ -169,6 +169,18 @@ def record(message: str, *args: Any, **extra: Any) -> logging.LogRecord:
     made = logging.LogRecord("tidings.test", logging.INFO, __file__, 1, message, args, None)
     made.__dict__.update(extra)
     return made
+
+
+def test_text_lines_carry_the_time_as_the_standard_formatter_writes_it() -> None:
+    """The date and time are made once a second, and still read as logging's own."""
+    mine, standard = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    start = datetime(2024, 5, 1, 11, 59, 58, tzinfo=UTC).timestamp()
+    for step in range(0, 4000, 7):  # every 7 ms over 4 s: within seconds and across them
+        made = record("sent %s", "n-1")
+        made.created = start + step / 1000
+        made.msecs = (made.created - int(made.created)) * 1000
+        assert mine.format(made) == standard.format(made)
+        assert mine.formatTime(made, "%H:%M") == standard.formatTime(made, "%H:%M")
 
 
 def test_json_formatter_writes_extras_and_exceptions_as_fields() -> None:

@@ -373,7 +373,7 @@ async def test_the_listing_takes_its_indexes_and_skips_the_unused_ways_in(
             return "\n".join(row[0] for row in await cur.fetchall())
 
     newest = await plan()
-    assert "Index Scan Backward using events_created_at" in newest
+    assert "Index Scan Backward using events_requested_at" in newest
     assert newest.count("One-Time Filter: false") == 2, "the other ways in fold away"
     assert "Seq Scan" not in newest
 
@@ -382,4 +382,4 @@ async def test_the_listing_takes_its_indexes_and_skips_the_unused_ways_in(
 
     pending = await plan(open_kinds=["request"], last_types=["notification.requested"])
     assert "on pending_notifications" in pending
-    assert "events_created_at" not in pending and "Seq Scan on events" not in pending
+    assert "events_requested_at" not in pending and "Seq Scan on events" not in pending

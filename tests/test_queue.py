@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from tests.worker_helpers import requested
 from tidings.eventstore import Database, NewEvent
 from tidings.workers import PendingQueue
-from tidings.workers.sql import query
+from tidings.workers.queue import claim_statement
 
 LEASE = timedelta(minutes=1)
 
@@ -135,6 +136,84 @@ async def test_round_robin_between_instances(db: Database) -> None:
     assert sorted(got) == ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0"]
 
 
+def round_robin(free: dict[str, list[tuple[datetime, str]]], bulk: int) -> set[str]:
+    """The claim's rule, in Python: each instance's free rows in due order are its turns;
+    the bulk takes turn 1 of every instance, then turn 2, ..., earliest due first."""
+    turns = [
+        (turn, due, nid)
+        for rows in free.values()
+        for turn, (due, nid) in enumerate(sorted(rows), start=1)
+    ]
+    return {nid for _, _, nid in sorted(turns)[:bulk]}
+
+
+async def test_a_claim_hands_out_what_the_full_round_robin_would(
+    db: Database, conninfo: str
+) -> None:
+    """Random queues (uneven instances, leased rows here and there, bulks from 1 to 15):
+    every claim is the round-robin over all free rows, whether the instances' first
+    turns were enough or it had to read further."""
+    rng = random.Random(15)
+    queue = PendingQueue(pool=db.pool)
+    base = now() - timedelta(hours=1)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        for scenario in range(30):
+            await conn.execute("DELETE FROM tidings.pending_notifications")  # test setup only
+            counts = {
+                f"i-{k}": rng.choice([0, 1, 2, 3, 5, 8, 13]) for k in range(rng.randint(1, 6))
+            }
+            ids = [
+                (inst, f"s{scenario}-{inst}-{n}") for inst, c in counts.items() for n in range(c)
+            ]
+            if not ids:
+                continue
+            await db.store.append([requested(nid, instance_id=inst) for inst, nid in ids])
+            # Distinct due times in a random order, and a few rows leased by someone else.
+            dues = {nid: base + timedelta(microseconds=rng.randrange(10**6)) for _, nid in ids}
+            leased = {nid for _, nid in ids if rng.random() < 0.25}
+            await conn.execute(
+                "UPDATE tidings.pending_notifications p SET due_at = d.due,"
+                " leased_until = CASE WHEN d.leased THEN now() + interval '1 hour' END"
+                " FROM unnest(%s::text[], %s::timestamptz[], %s::bool[]) AS d(id, due, leased)"
+                " WHERE p.notification_id = d.id",
+                (list(dues), list(dues.values()), [nid in leased for nid in dues]),
+            )
+            free: dict[str, list[tuple[datetime, str]]] = {}
+            for inst, nid in ids:
+                if nid not in leased:
+                    free.setdefault(inst, []).append((dues[nid], nid))
+            bulk = rng.randint(1, 15)
+            got = await claim(queue, limit=bulk)
+            assert len(got) == len(set(got))
+            assert set(got) == round_robin(free, bulk), (scenario, counts, bulk)
+
+
+async def test_workers_hammering_one_queue_never_hold_the_same_notification(
+    db: Database,
+) -> None:
+    """Six claimers at once, bulks of 7, over 400 requests in 4 uneven instances, until
+    nothing is left: each notification is claimed exactly once, and all of them are."""
+    sizes = {"a": 250, "b": 100, "c": 40, "d": 10}
+    await db.store.append(
+        [requested(f"{inst}-{n}", instance_id=inst) for inst, c in sizes.items() for n in range(c)]
+    )
+    queue = PendingQueue(pool=db.pool)
+    claims: list[list[str]] = []
+
+    async def claimer() -> None:
+        while got := await claim(queue, limit=7):
+            claims.append(got)
+
+    await asyncio.gather(*(claimer() for _ in range(6)))
+    taken = Counter(nid for got in claims for nid in got)
+    assert [nid for nid, n in taken.items() if n > 1] == []
+    assert sum(taken.values()) == sum(sizes.values())
+    assert await claim(queue, limit=100) == []
+    # Fair under contention too: the first claim took from every instance.
+    first = claims[0]
+    assert {nid.split("-")[0] for nid in first} >= {"a", "b", "c", "d"}
+
+
 async def test_only_active_instances_get_work(db: Database, conninfo: str) -> None:
     """handle_active_instances: instances without events in the window wait."""
     queue = PendingQueue(pool=db.pool)
@@ -203,8 +282,8 @@ async def test_the_claim_reads_a_bounded_number_of_rows_of_a_large_queue(
         # EXPLAIN ANALYZE runs the claim: rolled back.
         async with conn.transaction(force_rollback=True):
             cur = await conn.execute(
-                sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query("claim_due"),
-                {"kind": "request", "bulk": bulk, "now": now(), "lease_until": now() + LEASE,
+                b"EXPLAIN (ANALYZE, FORMAT JSON) " + claim_statement(bulk),
+                {"kind": "request", "now": now(), "lease_until": now() + LEASE,
                  "owner": "x", "active_since": None},
             )  # fmt: skip
             row = await cur.fetchone()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -60,9 +61,23 @@ class TextFormatter(logging.Formatter):
     def __init__(self, *, secrets: Iterable[str] = ()) -> None:
         super().__init__(TEXT_FORMAT)
         self._redacting = _Redacting(secrets)
+        self._second: tuple[int, str] = (-1, "")  # the last second written, and its text
 
     def format(self, record: logging.LogRecord) -> str:
         return self._redacting.redact(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As logging.Formatter writes it (`2024-05-01 14:00:00,123`), the date and
+        time made once a second rather than once a line."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        last, text = self._second
+        if second != last:
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        with_msecs = self.default_msec_format
+        return with_msecs % (text, record.msecs) if with_msecs else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -71,6 +86,8 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, *, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._redacting = _Redacting(secrets)
+        # What json.dumps(document, default=str, ensure_ascii=False) would build per line.
+        self._encoder = json.JSONEncoder(default=str, ensure_ascii=False)
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
@@ -88,7 +105,7 @@ class JsonFormatter(logging.Formatter):
             document["exception"] = record.exc_text
         if record.stack_info:
             document["stack"] = self.formatStack(record.stack_info)
-        line = json.dumps(document, default=str, ensure_ascii=False)
+        line = self._encoder.encode(document)
         return self._redacting.redact(line)
 
 

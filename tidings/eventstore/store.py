@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Json
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ConfigDict, TypeAdapter
 
@@ -77,7 +77,7 @@ class EventStore:
         """
         if not events:
             return []
-        params = {"events": Json(list(events), dumps=_EVENTS.dump_json), "channel": self._channel}
+        params = {"events": Jsonb(list(events), dumps=_EVENTS.dump_json), "channel": self._channel}
         with translated_errors():
             rows = await self._rows(query("append_events"), params, conn)
         return [AppendedEvent(position=p, sequence=s, created_at=c) for p, s, c in rows]

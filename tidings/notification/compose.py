@@ -15,6 +15,8 @@ from tidings.notification.rendering import (
     INAPP_FIELDS,
     MESSAGE_FIELDS,
     Renderer,
+    Scope,
+    Source,
     choose_language,
     humanize,
 )
@@ -72,12 +74,7 @@ class MessageComposer:
             address, name = email_recipient(request, user)
         else:
             number = sms_recipient(request, user)
-        catalog = self._renderer.catalog
-        lang = choose_language(
-            user.preferred_language, catalog.languages(instance_id), self._fallback
-        )
-        if not catalog.texts(instance_id, lang, request.message_type):
-            lang = self._fallback  # a custom type written in fewer languages than the built-ins
+        lang, scopes, found = self._sources(instance_id, user, request.message_type)
         code = self._code(request)
         variables = self.variables(request, user, code=code, lang=lang)
         variables["url"] = (
@@ -91,6 +88,8 @@ class MessageComposer:
             message_type=request.message_type,
             variables=variables,
             only=EMAIL_FIELDS if request.channel == "email" else SMS_FIELDS,
+            scopes=scopes,
+            found=found,
         )
         content: EmailContent | SMSContent
         if request.channel == "email":
@@ -100,8 +99,8 @@ class MessageComposer:
                 to_address=address,
                 to_name=name,
                 subject=texts["subject"],
-                html=render(instance_id=instance_id, kind="html", variables=layout),
-                text=render(instance_id=instance_id, kind="txt", variables=layout),
+                html=render(instance_id=instance_id, kind="html", variables=layout, scopes=scopes),
+                text=render(instance_id=instance_id, kind="txt", variables=layout, scopes=scopes),
             )
         else:
             content = SMSContent(to_number=number, text=texts["sms"])
@@ -122,8 +121,11 @@ class MessageComposer:
         parts = dict(texts)
         if isinstance(content, EmailContent):
             parts |= {"layout.html": content.html, "layout.txt": content.text}
+        most = self._renderer.limits.max_message_bytes
+        if sum(map(len, parts.values())) * 4 <= most:
+            return  # UTF-8 takes at most 4 bytes a character: within, however it encodes
         sizes = {name: len(text.encode()) for name, text in parts.items()}
-        total, most = sum(sizes.values()), self._renderer.limits.max_message_bytes
+        total = sum(sizes.values())
         if total > most:
             largest = max(sizes, key=lambda name: sizes[name])
             raise RenderError(
@@ -147,12 +149,7 @@ class MessageComposer:
         Refused before anything is decrypted when the message carries a code.
         """
         refuse_codes_in_app(request.message_type, has_code=request.code is not None)
-        catalog = self._renderer.catalog
-        lang = choose_language(
-            user.preferred_language, catalog.languages(instance_id), self._fallback
-        )
-        if not catalog.texts(instance_id, lang, request.message_type):
-            lang = self._fallback  # a custom type written in fewer languages than the built-ins
+        lang, scopes, found = self._sources(instance_id, user, request.message_type)
         variables = self.variables(request, user, code="", lang=lang)
         variables["url"] = (
             self._renderer.url(request.url_template, url_variables(request, user, ""))
@@ -165,6 +162,8 @@ class MessageComposer:
             message_type=request.message_type,
             variables=variables,
             fields=INAPP_FIELDS,
+            scopes=scopes,
+            found=found,
         )
         content = InAppContent(
             user_id=request.user_id,
@@ -182,6 +181,22 @@ class MessageComposer:
             message_type=request.message_type,
             content=content,
         )
+
+    def _sources(
+        self, instance_id: str, user: NotifyUser, message_type: str
+    ) -> tuple[str, list[Scope], dict[str, Source]]:
+        """The language to write in, the instance's override folders (looked up once per
+        message) and the texts of the message type in that language."""
+        catalog = self._renderer.catalog
+        scopes = catalog.scopes(instance_id)
+        lang = choose_language(
+            user.preferred_language, catalog.languages(instance_id, scopes=scopes), self._fallback
+        )
+        found = catalog.texts(instance_id, lang, message_type, scopes=scopes)
+        if not found:
+            lang = self._fallback  # a custom type written in fewer languages than the built-ins
+            found = catalog.texts(instance_id, lang, message_type, scopes=scopes)
+        return lang, scopes, found
 
     def variables(
         self, request: Request, user: NotifyUser, *, code: str, lang: str

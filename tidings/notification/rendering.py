@@ -17,9 +17,13 @@ pool crashing.
 from __future__ import annotations
 
 import difflib
+import errno
+import functools
+import os
 import re
+import stat
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -29,9 +33,10 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 from tidings.notification.errors import RenderError
 from tidings.notification.messages import MESSAGE_TYPES, is_message_type_name
@@ -58,12 +63,29 @@ class Source:
     line: int
 
 
+@dataclass(frozen=True)
+class Scope:
+    """An override folder (`<dir>/_default`, `<dir>/<instance id>`) and what is in it."""
+
+    path: Path
+    names: frozenset[str]  # its files, as listed
+    languages: frozenset[str]  # of its texts files
+
+    def file(self, name: str) -> str:
+        """The path of a file in it, as text (`str(path / name)`, without pathlib's cost)."""
+        return f"{self.path}{os.sep}{name}"
+
+
 class TextCatalog:
     """Finds each text and layout: instance override, _default override, built-in."""
 
     def __init__(self, *, override_dir: Path | None) -> None:
         self._dir = override_dir
-        self._cache: dict[Path, tuple[int, dict[str, dict[str, Source]]]] = {}
+        # What was read of the override folder, by path, with the mtime it had:
+        # read again when that changes (see _unchanged).
+        self._cache: dict[str, tuple[int, dict[str, dict[str, Source]]]] = {}
+        self._layouts: dict[str, tuple[int, Source]] = {}
+        self._listed: dict[Path, tuple[int, Scope]] = {}
         self._built_in_texts: dict[str, dict[str, dict[str, Source]]] = {}
         package = resources.files("tidings.notification").joinpath("templates")
         for entry in package.iterdir():
@@ -77,34 +99,59 @@ class TextCatalog:
             for kind in ("html", "txt")
         }  # fmt: skip
 
-    def languages(self, instance_id: str) -> set[str]:
-        """Languages that have texts for this instance."""
+    def languages(self, instance_id: str, *, scopes: Sequence[Scope] | None = None) -> set[str]:
+        """Languages that have texts for this instance (`scopes`: its override folders,
+        when the caller found them already)."""
         found = set(self._built_in_texts)
-        for scope in self._scopes(instance_id):
-            for path in scope.glob("texts.*.yaml"):
-                lang = _text_file_language(path.name)
-                if lang is not None:
-                    found.add(lang)
+        for scope in self.scopes(instance_id) if scopes is None else scopes:
+            found |= scope.languages
         return found
 
-    def texts(self, instance_id: str, lang: str, message_type: str) -> dict[str, Source]:
+    def texts(
+        self,
+        instance_id: str,
+        lang: str,
+        message_type: str,
+        *,
+        scopes: Sequence[Scope] | None = None,
+    ) -> dict[str, Source]:
         """Every text field of a message type, the most specific override winning."""
         merged = dict(self._built_in_texts.get(lang, {}).get(message_type, {}))
-        for scope in reversed(self._scopes(instance_id)):
-            path = scope / f"texts.{lang}.yaml"
-            merged.update(self._override(path).get(message_type, {}))
+        name = f"texts.{lang}.yaml"
+        for scope in reversed(self.scopes(instance_id) if scopes is None else scopes):
+            if name in scope.names:
+                merged.update(self._override(scope.file(name)).get(message_type, {}))
         return merged
 
-    def layout(self, instance_id: str, kind: str) -> Source:
+    def layout(
+        self, instance_id: str, kind: str, *, scopes: Sequence[Scope] | None = None
+    ) -> Source:
         """The html or txt layout of an instance."""
-        for scope in self._scopes(instance_id):
-            path = scope / f"layout.{kind}"
-            if path.is_file():
-                return Source(_read(path), str(path), 1)
+        name = f"layout.{kind}"
+        for scope in self.scopes(instance_id) if scopes is None else scopes:
+            if name not in scope.names:
+                continue
+            path = scope.file(name)
+            try:
+                found = os.stat(path)
+            except OSError as exc:
+                if exc.errno in _NOT_THERE:  # removed since the folder was listed
+                    continue
+                raise
+            if not stat.S_ISREG(found.st_mode):
+                continue
+            cached = self._layouts.get(path)
+            if cached is not None and cached[0] == found.st_mtime_ns:
+                return cached[1]
+            source = Source(_read(path), path, 1)
+            if _unchanged(found.st_mtime_ns):
+                self._layouts[path] = (found.st_mtime_ns, source)
+            return source
         return self._built_in_layouts[kind]
 
-    def _scopes(self, instance_id: str) -> list[Path]:
-        """Override folders, most specific first.
+    def scopes(self, instance_id: str) -> list[Scope]:
+        """Override folders, most specific first, each with what is in it (what one
+        message looks up once, and passes to languages, texts and layout).
 
         An instance id is a folder name, never a path: one outside INSTANCE_ID
         (`../outside`, `a/b`) has no folder of its own (only _default and the
@@ -113,33 +160,79 @@ class TextCatalog:
         """
         if self._dir is None:
             return []
-        root = self._dir.resolve()
         names = [DEFAULT_SCOPE]
         if INSTANCE_ID.fullmatch(instance_id) and instance_id != DEFAULT_SCOPE:
             names.insert(0, instance_id)
         scopes = []
         for name in names:
             folder = self._dir / name
-            if folder.is_dir():
-                if not folder.resolve().is_relative_to(root):
-                    raise RenderError(
-                        f"{folder}: the override folder leads outside templates.dir ({root})",
-                        template=str(folder),
-                    )
-                scopes.append(folder)
+            try:
+                found = folder.lstat()
+                # A folder itself (not a link) named like this is inside templates.dir
+                # whatever the path to it; only a link needs resolving to tell.
+                if stat.S_ISLNK(found.st_mode):
+                    found = folder.stat()
+                    if stat.S_ISDIR(found.st_mode):
+                        root = self._dir.resolve()
+                        if not folder.resolve().is_relative_to(root):
+                            raise RenderError(
+                                f"{folder}: the override folder leads outside templates.dir "
+                                f"({root})",
+                                template=str(folder),
+                            )
+            except OSError as exc:
+                if exc.errno in _NOT_THERE:
+                    continue
+                raise
+            if stat.S_ISDIR(found.st_mode):
+                scopes.append(self._listing(folder, found.st_mtime_ns))
         return scopes
 
-    def _override(self, path: Path) -> dict[str, dict[str, Source]]:
+    def _listing(self, folder: Path, mtime: int) -> Scope:
+        """The folder as listed at this mtime (adding, removing or renaming a file in a
+        folder changes its mtime, so a listing is kept until then)."""
+        cached = self._listed.get(folder)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
         try:
-            mtime = path.stat().st_mtime_ns
+            names = frozenset(os.listdir(folder))
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise
+            names = frozenset()  # removed since its mtime was read
+        languages = (_text_file_language(name) for name in names)
+        scope = Scope(folder, names, frozenset(lang for lang in languages if lang is not None))
+        if _unchanged(mtime):
+            if len(self._listed) > 4096:  # a folder per instance: do not grow without bound
+                self._listed.clear()
+            self._listed[folder] = (mtime, scope)
+        return scope
+
+    def _override(self, path: str) -> dict[str, dict[str, Source]]:
+        try:
+            mtime = os.stat(path).st_mtime_ns
         except FileNotFoundError:
             return {}
         cached = self._cache.get(path)
         if cached is not None and cached[0] == mtime:
             return cached[1]
-        texts = _parse_texts(_read(path), str(path))
-        self._cache[path] = (mtime, texts)
+        texts = _parse_texts(_read(path), path)
+        if _unchanged(mtime):
+            self._cache[path] = (mtime, texts)
         return texts
+
+
+# Errors for which Path.is_dir() and is_file() say False rather than raise.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+# A file or folder changed this recently may change again within the same tick of
+# the file system's clock, keeping its mtime: what is read of it is not kept yet.
+_SETTLED_NS = 2_000_000_000
+
+
+def _unchanged(mtime_ns: int) -> bool:
+    """Whether what was read at this mtime can be kept: it is old enough that a later
+    change gets another mtime."""
+    return time.time_ns() - mtime_ns > _SETTLED_NS
 
 
 def _text_file_language(name: str) -> str | None:
@@ -147,11 +240,11 @@ def _text_file_language(name: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text("utf-8")
+        return Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RenderError(f"{path}: cannot read the override: {exc}", template=str(path)) from exc
+        raise RenderError(f"{path}: cannot read the override: {exc}", template=path) from exc
 
 
 def _parse_texts(text: str, where: str) -> dict[str, dict[str, Source]]:
@@ -293,13 +386,16 @@ class Renderer:
         variables: Mapping[str, Any],
         fields: tuple[str, ...] = MESSAGE_FIELDS,
         only: Collection[str] | None = None,
+        scopes: Sequence[Scope] | None = None,
+        found: Mapping[str, Source] | None = None,
     ) -> dict[str, str]:
         """The message's text `fields` (by default those of email and SMS), rendered.
 
         All `fields` must exist, though only those in `only` are rendered: a
         text missing for one channel of email and SMS is an error for both.
         """
-        found = self.catalog.texts(instance_id, lang, message_type)
+        if found is None:  # else: what the caller had the catalog find for these
+            found = self.catalog.texts(instance_id, lang, message_type, scopes=scopes)
         sources = {name: found[name] for name in fields if name in found}
         missing = [f for f in fields if f not in sources]
         if found and missing and message_type not in MESSAGE_TYPES:
@@ -318,10 +414,17 @@ class Renderer:
             if only is None or name in only
         }
 
-    def layout(self, *, instance_id: str, kind: str, variables: Mapping[str, Any]) -> str:
+    def layout(
+        self,
+        *,
+        instance_id: str,
+        kind: str,
+        variables: Mapping[str, Any],
+        scopes: Sequence[Scope] | None = None,
+    ) -> str:
         """The email layout (html or txt) around already rendered texts."""
         env = self._html if kind == "html" else self._plain
-        source = self.catalog.layout(instance_id, kind)
+        source = self.catalog.layout(instance_id, kind, scopes=scopes)
         return self._render(env, source, variables, f"layout.{kind}")
 
     def url(self, template: str, variables: Mapping[str, Any]) -> str:
@@ -360,23 +463,38 @@ class Renderer:
             # No tag, no comment: Jinja would give the text back (less one final
             # newline), so it is not compiled or rendered at all.
             text = source.text.removesuffix("\n")
-            if len(text.encode()) > self.limits.max_field_bytes:
-                too_much = _TooMuch(
-                    f"the output is over {self.limits.max_field_bytes} bytes "
-                    "(templates.max_field_bytes)"
-                )
+            most = self.limits.max_field_bytes
+            if len(text) * 4 > most and len(text.encode()) > most:
+                too_much = _TooMuch(f"the output is over {most} bytes (templates.max_field_bytes)")
                 raise _render_error(source, label, too_much) from None
             return text
+        compiled = self._compiled_for(env, source, label)
+        if compiled.plan is not None:
+            # Only substitutions and ifs: filled in directly, as Jinja would. Anything
+            # it cannot tell for sure (an unknown name, a value that is not text, an
+            # output over the limit) goes through Jinja, which renders or raises.
+            filled = _fill(compiled.plan, variables, compiled.convert)
+            if filled is not None and (
+                len(filled) * 4 <= self.limits.max_field_bytes
+                or len(filled.encode()) <= self.limits.max_field_bytes
+            ):
+                return filled
+        try:
+            return self._within_limits(env, compiled, variables)
+        except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
+            raise _render_error(source, label, exc) from None
+
+    def _compiled_for(
+        self, env: ImmutableSandboxedEnvironment, source: Source, label: str
+    ) -> _Compiled:
+        """The template compiled (and planned) once per environment and text."""
         key = (id(env), source.text)
         compiled = self._compiled.get(key)
         if compiled is None:
             if len(self._compiled) > 4096:  # overrides change; do not grow without bound
                 self._compiled.clear()
             compiled = self._compiled[key] = _compile(env, source, label)
-        try:
-            return self._within_limits(env, compiled, variables)
-        except Exception as exc:  # undefined variable, sandbox refusal, an operator's bug...
-            raise _render_error(source, label, exc) from None
+        return compiled
 
     def _within_limits(
         self, env: ImmutableSandboxedEnvironment, compiled: _Compiled, variables: Mapping[str, Any]
@@ -432,16 +550,26 @@ def _is_literal(text: str) -> bool:
 
 @dataclass(frozen=True)
 class _Compiled:
-    """A compiled template and its globals, copied once (they never change)."""
+    """A compiled template and its globals, copied once (they never change).
+
+    `plan`: the template as substitutions and ifs, when it is no more than that
+    (most texts: `Hello {{ user.display_name }},`), with `convert`, what Jinja
+    does to a value it writes (escape, finalize, str).
+    """
 
     template: Template
     globals: dict[str, Any]
+    plan: _Plan | None = None
+    convert: Callable[[str | int], str] = str
 
 
 def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> _Compiled:
     try:
         template = env.from_string(source.text)
-        return _Compiled(template, dict(template.globals))
+        convert = _converter(env)
+        if convert is None:
+            return _Compiled(template, dict(template.globals))
+        return _Compiled(template, dict(template.globals), _plan(env.parse(source.text)), convert)
     except TemplateSyntaxError as exc:
         line = source.line + (exc.lineno or 1) - 1
         raise RenderError(
@@ -451,6 +579,172 @@ def _compile(env: ImmutableSandboxedEnvironment, source: Source, label: str) -> 
         ) from None
     except Exception as exc:
         raise _render_error(source, label, exc) from None
+
+
+# --- templates that only substitute ---------------------------------------------------
+#
+# Most texts are words and `{{ name }}` or `{{ name.key }}`, some with an
+# `{% if name %}`. Such a template is kept as a plan (literal text, values,
+# branches) and filled in without Jinja's per-render machinery. The plan says
+# exactly what the compiled template does with values that are text or whole
+# numbers in plain dicts; for anything else (`{{ user.items }}`, a number with
+# a fraction, a name the variables lack) _fill gives up and Jinja renders it,
+# error messages and limits included.
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """`name`, or `name.key.key`: a variable, then keys into plain dicts."""
+
+    name: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    """`{% if a %}..{% elif b %}..{% else %}..{% endif %}`."""
+
+    tests: tuple[tuple[_Value, _Plan], ...]
+    otherwise: _Plan
+
+
+_Plan = tuple["str | _Value | _Branch", ...]
+_GIVE_UP = object()
+
+
+def _plan(template: nodes.Template) -> _Plan | None:
+    """The template as a plan, or None when it does more than substitute and branch."""
+    return _plan_body(template.body)
+
+
+def _plan_body(body: list[nodes.Node]) -> _Plan | None:
+    steps: list[str | _Value | _Branch] = []
+    for node in body:
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                if isinstance(child, nodes.TemplateData):
+                    steps.append(child.data)
+                elif (value := _plan_value(child)) is not None:
+                    steps.append(value)
+                else:
+                    return None
+        elif type(node) is nodes.If:
+            branch = _plan_if(node)
+            if branch is None:
+                return None
+            steps.append(branch)
+        else:
+            return None
+    return tuple(steps)
+
+
+def _plan_if(node: nodes.If) -> _Branch | None:
+    tests = []
+    for part in (node, *node.elif_):
+        test, body = _plan_value(part.test), _plan_body(part.body)
+        if test is None or body is None:
+            return None
+        tests.append((test, body))
+    otherwise = _plan_body(node.else_)
+    return None if otherwise is None else _Branch(tuple(tests), otherwise)
+
+
+def _plan_value(node: nodes.Node) -> _Value | None:
+    """A variable and its keys, if `node` is no more than that."""
+    keys: list[str] = []
+    while not isinstance(node, nodes.Name):
+        if isinstance(node, nodes.Getattr) and not hasattr(dict, node.attr):
+            keys.append(node.attr)  # `user.items` would be dict.items: not planned
+        elif (
+            isinstance(node, nodes.Getitem)
+            and isinstance(node.arg, nodes.Const)
+            and type(node.arg.value) is str
+        ):
+            keys.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    if node.ctx != "load":
+        return None
+    return _Value(node.name, tuple(reversed(keys)))
+
+
+def _fill(
+    plan: _Plan, variables: Mapping[str, Any], convert: Callable[[str | int], str]
+) -> str | None:
+    """The plan rendered with `variables`, or None when only Jinja can tell."""
+    parts: list[str] = []
+    if _fill_into(parts, plan, variables, convert):
+        return "".join(parts)
+    return None
+
+
+def _fill_into(
+    parts: list[str],
+    plan: _Plan,
+    variables: Mapping[str, Any],
+    convert: Callable[[str | int], str],
+) -> bool:
+    append = parts.append
+    for step in plan:
+        if type(step) is str:
+            append(step)
+        elif type(step) is _Value:
+            value = _look_up(step, variables)
+            if value is _GIVE_UP:
+                return False
+            append(convert(value))
+        else:
+            assert type(step) is _Branch
+            chosen = step.otherwise
+            for test, body in step.tests:
+                value = _look_up(test, variables)
+                if value is _GIVE_UP:
+                    return False
+                if value:
+                    chosen = body
+                    break
+            if not _fill_into(parts, chosen, variables, convert):
+                return False
+    return True
+
+
+def _look_up(step: _Value, variables: Mapping[str, Any]) -> Any:
+    """The value, if it is text or a whole number reached through plain dicts; else _GIVE_UP."""
+    value = variables.get(step.name, _GIVE_UP)
+    if not step.keys:
+        return value if type(value) is str or type(value) is int else _GIVE_UP
+    for key in step.keys:
+        if type(value) is not dict:
+            return _GIVE_UP
+        value = value.get(key, _GIVE_UP)
+    return value if type(value) is str or type(value) is int else _GIVE_UP
+
+
+def _converter(env: ImmutableSandboxedEnvironment) -> Callable[[str | int], str] | None:
+    """What the compiled template does to a value it writes: `escape(finalize(v))` with
+    autoescape, `str(finalize(v))` without (jinja2.compiler, _output_child_pre); None
+    when that depends on more than the value (Jinja's path only)."""
+    finalize = env.finalize
+    autoescape = env.autoescape
+    if callable(autoescape) or (
+        finalize is not None and getattr(finalize, "jinja_pass_arg", None) is not None
+    ):
+        return None
+    if finalize is None:
+        return _escape if autoescape else str
+    if autoescape:
+        return lambda value: _escape(finalize(value))
+    return lambda value: str(finalize(value))
+
+
+def _escape(value: Any) -> str:
+    """markupsafe's escape, without building a Markup for text that has nothing to escape."""
+    if type(value) is str and not (
+        "&" in value or "<" in value or ">" in value or "'" in value or '"' in value
+    ):  # the five characters markupsafe.escape replaces
+        return value
+    return escape(value)
 
 
 def _render_error(source: Source, label: str, exc: Exception) -> RenderError:
@@ -483,6 +777,8 @@ def _scheme(url: str) -> str:
     # Only what comes before the first ':' counts, and dropping blanks and control
     # characters never removes a ':', so only that part is cleaned.
     head, sep, _ = url.partition(":")
+    if sep and head.isascii() and head.isalpha():  # `https`: nothing to clean
+        return head.lower()
     head = _BLANKS.sub("", head)
     if not sep or not _SCHEME.fullmatch(head):
         return ""
@@ -512,6 +808,7 @@ _UNITS = {
 }
 
 
+@functools.lru_cache(maxsize=256)
 def humanize(duration: timedelta | None, lang: str) -> str:
     """`10 minutes` / `10 Minuten`: the largest whole unit (English for unknown languages)."""
     if duration is None:

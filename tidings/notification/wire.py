@@ -9,8 +9,9 @@ the settings' own duration type can change without touching the log.
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
 
@@ -18,9 +19,20 @@ from tidings.config.durations import format_duration, parse_duration
 
 __all__ = ["Duration", "format_duration", "parse_duration"]
 
+
+def _read_duration(value: Any) -> timedelta:
+    """parse_duration, remembering texts: a payload's duration is one of a handful (`10m`)."""
+    return _read_text(value) if type(value) is str else parse_duration(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_text(text: str) -> timedelta:
+    return parse_duration(text)  # one that does not read raises, and is not remembered
+
+
 Duration = Annotated[
     timedelta,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_read_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
 """A duration in an event payload: a timedelta, written as text."""

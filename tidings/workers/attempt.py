@@ -9,7 +9,6 @@ append is refused, so a notification is never settled twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -27,7 +26,6 @@ from tidings.config.masking import IN_FLIGHT
 from tidings.eventstore import ConcurrencyError, DatabaseUnavailable, EventStore, NewEvent
 from tidings.metrics import Metrics
 from tidings.notification.backoff import Backoff
-from tidings.notification.channels.base import OutgoingMessage
 from tidings.notification.channels.registry import ChannelRegistry
 from tidings.notification.compose import MessageComposer
 from tidings.notification.errors import SendError, TransientSendError
@@ -253,19 +251,20 @@ class AttemptRunner:
         assert request is not None
         assert user is not None
         channel_name = self._channels.name_for(claimed.instance_id, request.channel)
-        message: OutgoingMessage | None = None
+        try:
+            message = self._composer.compose(
+                notification_id=claimed.notification_id,
+                instance_id=claimed.instance_id,
+                attempt=claimed.attempt,
+                request=request,
+                user=user,
+            )
+        except SendError as exc:  # nothing rendered, no code in flight
+            return self._decide_now(state, _failed(exc, str(exc), user)), channel_name
         # From rendering to the decision the code is in flight: no log line of any
         # logger may show it (tidings.cli.logs masks what IN_FLIGHT holds).
-        with contextlib.ExitStack() as in_flight:
+        with IN_FLIGHT.holding(message.sensitive):
             try:
-                message = self._composer.compose(
-                    notification_id=claimed.notification_id,
-                    instance_id=claimed.instance_id,
-                    attempt=claimed.attempt,
-                    request=request,
-                    user=user,
-                )
-                in_flight.enter_context(IN_FLIGHT.holding(message.sensitive))
                 channel = self._channels.channel_for(claimed.instance_id, request.channel)
                 sending = time.monotonic()
                 try:
@@ -277,14 +276,7 @@ class AttemptRunner:
             except SendError as exc:
                 # A provider may quote the request, code included, in its error:
                 # the error goes into the log, the code never does.
-                error = message.scrub(str(exc)) if message else str(exc)
-                retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
-                failed = Failed(
-                    error=error,
-                    permanent=not exc.transient,
-                    retry_after=timedelta(seconds=retry_after) if retry_after is not None else None,
-                    user=user,
-                )
+                failed = _failed(exc, message.scrub(str(exc)), user)
                 return self._decide_now(state, failed), channel_name
             except TimeoutError:
                 error = (
@@ -363,9 +355,11 @@ class AttemptRunner:
         return results
 
     def _log(self, decided: _Decided, outcome: Outcome, seconds: float) -> None:
+        level = logging.INFO if outcome.result in ("sent", "retry", "wait") else logging.WARNING
+        if not log.isEnabledFor(level):  # e.g. --log-level warning: no line, nothing to build
+            return
         claimed, channel = decided.claimed, decided.channel
         request = _request_fields(claimed)
-        level = logging.INFO if outcome.result in ("sent", "retry", "wait") else logging.WARNING
         fields: dict[str, object] = {
             "instance_id": claimed.instance_id,
             "notification_id": claimed.notification_id,
@@ -390,6 +384,18 @@ class AttemptRunner:
             outcome.result, f" ({outcome.reason})" if outcome.reason else "", seconds * 1000,
             extra=fields,
         )  # fmt: skip
+
+
+def _failed(exc: SendError, error: str, user: NotifyUser) -> Failed:
+    """What a failed attempt tells the lifecycle: the (masked) error, whether it may be
+    retried, and after how long at the earliest."""
+    retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
+    return Failed(
+        error=error,
+        permanent=not exc.transient,
+        retry_after=timedelta(seconds=retry_after) if retry_after is not None else None,
+        user=user,
+    )
 
 
 def _describe(claimed: Claimed) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -83,6 +85,16 @@ def _claimed(row: tuple[Any, ...]) -> Claimed:
     )
 
 
+@lru_cache(maxsize=16)
+def claim_statement(bulk: int) -> bytes:
+    """The claim of up to `bulk` notifications, the bulk written in (see claim_due).
+
+    One text per bulk size, so each connection prepares it once and the server's
+    generic plan knows the LIMIT.
+    """
+    return query("claim_due").format(bulk=sql.Literal(bulk)).as_string().encode()
+
+
 class PendingQueue:
     def __init__(self, *, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
@@ -100,7 +112,6 @@ class PendingQueue:
         """Lease up to `limit` due notifications of `kind` (one short statement)."""
         params = {
             "kind": kind,
-            "bulk": limit,
             "now": now,
             "lease_until": now + lease,
             "owner": owner,
@@ -108,7 +119,7 @@ class PendingQueue:
         }
         with translated_errors():
             async with single_statement(self._pool) as conn:
-                cur = await conn.execute(query("claim_due"), params)
+                cur = await conn.execute(claim_statement(limit), params)
                 rows = await cur.fetchall()
         return [_claimed(row) for row in rows]
 

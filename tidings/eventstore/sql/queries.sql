@@ -3,7 +3,8 @@
 
 -- name: append_events
 -- The batch travels as one JSON array of events (one encoding in Python, one
--- parse here) and is unpacked into the arrays tidings.append_events takes.
+-- parse here, as jsonb: each payload is then a slice of it, not parsed again)
+-- and is unpacked into the arrays tidings.append_events takes.
 WITH batch AS MATERIALIZED (
     SELECT array_agg(u.instance_id ORDER BY u.ord) AS instance_ids,
            array_agg(u.aggregate_type ORDER BY u.ord) AS aggregate_types,
@@ -14,7 +15,7 @@ WITH batch AS MATERIALIZED (
            array_agg(u.owner ORDER BY u.ord) AS owners,
            array_agg(u.creator ORDER BY u.ord) AS creators
     FROM ROWS FROM (
-        json_to_recordset(%(events)s::json) AS (
+        jsonb_to_recordset(%(events)s::jsonb) AS (
             instance_id text, aggregate_type text, aggregate_id text, event_type text,
             payload jsonb, expected_sequence bigint, owner text, creator text)
     ) WITH ORDINALITY AS u(instance_id, aggregate_type, aggregate_id, event_type, payload,

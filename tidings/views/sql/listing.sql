@@ -8,7 +8,7 @@
 -- values to an unnamed statement, which PostgreSQL plans with the values in
 -- hand: an unused filter folds away, and a used one can take its index (user:
 -- events_notification_user; instance: events_instance_type_position; time:
--- events_created_at, walked backwards for "newest first").
+-- events_requested_at, walked backwards for "newest first").
 --
 -- `candidates` has three ways in, each with its own order and limit; the
 -- parameters switch off (fold to "One-Time Filter: false") those that do not

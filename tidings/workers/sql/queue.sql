@@ -1,7 +1,7 @@
 -- The pending queue (tidings.pending_notifications, kept by a trigger on the log).
 
 -- name: claim_due
--- Claims up to %(bulk)s due notifications of one kind in one statement.
+-- Claims up to a bulk of due notifications of one kind in one statement.
 -- Fair between instances: it walks the instances that have pending work (a
 -- loose index scan, so the cost grows with the number of instances, not of
 -- notifications), takes each one's earliest due rows, and hands them out
@@ -11,6 +11,21 @@
 -- claims come back then). Each row comes with its user as the users read model
 -- has them (the u_* columns, all NULL for a user it does not know): the workers
 -- need them for every claim, and this saves them a round trip per bulk.
+--
+-- The bulk is written into the statement (an integer from the settings, put in
+-- by queue.py's claim_statement) rather than bound: the server soon keeps one
+-- generic plan for a prepared statement, and with an unknown LIMIT that plan
+-- expected hundreds of chosen rows and read the whole queue into a hash to
+-- update ten of them (a claim grew with the queue).
+--
+-- The round-robin reads and locks as few rows as it can: with n instances it
+-- first takes each one's ceil(bulk / n) earliest free rows (`first_turns`).
+-- Those hold every row the full round-robin would hand out when they are at
+-- least a bulk, or when no instance had more free rows than that; only
+-- otherwise (some instance has fewer free rows, another may have more) does it
+-- take up to a bulk of each instance's rows (`all_turns`), as the round-robin
+-- needs. A row another claim holds is passed over (SKIP LOCKED), as is one it
+-- leased since (the lease test is evaluated again on a locked row).
 WITH RECURSIVE instances AS (
     (SELECT p.instance_id
      FROM tidings.pending_notifications p
@@ -26,27 +41,59 @@ WITH RECURSIVE instances AS (
     FROM instances i
     WHERE i.instance_id IS NOT NULL
 ),
-candidates AS (
-    SELECT c.instance_id, c.notification_id, c.due_at, c.user_id
+active AS (
+    SELECT i.instance_id
     FROM instances i
+    WHERE i.instance_id IS NOT NULL
+      AND (%(active_since)s::timestamptz IS NULL OR EXISTS (
+            SELECT 1 FROM tidings.events e
+            WHERE e.instance_id = i.instance_id AND e.created_at >= %(active_since)s))
+),
+fair AS (
+    SELECT ({bulk}::bigint + count(*) - 1) / greatest(count(*), 1) AS share FROM active
+),
+first_turns AS (
+    SELECT a.instance_id, c.notification_id, c.due_at, c.user_id
+    FROM active a
+    CROSS JOIN fair f
     CROSS JOIN LATERAL (
-        SELECT p.instance_id, p.notification_id, p.due_at, p.request ->> 'user_id' AS user_id
+        SELECT p.notification_id, p.due_at, p.request ->> 'user_id' AS user_id
         FROM tidings.pending_notifications p
         WHERE p.kind = %(kind)s
-          AND p.instance_id = i.instance_id
+          AND p.instance_id = a.instance_id
           -- A request is due at once (its due_at, the database's time of the
           -- request, only orders them); a retry's due time comes from the
           -- workers' own clock, as do the leases, so the two never mix clocks.
           AND (p.kind = 'request' OR p.due_at <= %(now)s)
           AND (p.leased_until IS NULL OR p.leased_until <= %(now)s)
         ORDER BY p.due_at
-        LIMIT %(bulk)s
+        LIMIT f.share
         FOR UPDATE SKIP LOCKED
     ) c
-    WHERE i.instance_id IS NOT NULL
-      AND (%(active_since)s::timestamptz IS NULL OR EXISTS (
-            SELECT 1 FROM tidings.events e
-            WHERE e.instance_id = i.instance_id AND e.created_at >= %(active_since)s))
+),
+all_turns AS (
+    SELECT a.instance_id, c.notification_id, c.due_at, c.user_id
+    FROM active a
+    CROSS JOIN LATERAL (
+        SELECT p.notification_id, p.due_at, p.request ->> 'user_id' AS user_id
+        FROM tidings.pending_notifications p
+        WHERE p.kind = %(kind)s
+          AND p.instance_id = a.instance_id
+          AND (p.kind = 'request' OR p.due_at <= %(now)s)
+          AND (p.leased_until IS NULL OR p.leased_until <= %(now)s)
+        ORDER BY p.due_at
+        LIMIT {bulk}
+        FOR UPDATE SKIP LOCKED
+    ) c
+    -- Evaluated once, before any of these rows is read.
+    WHERE (SELECT count(*) FROM first_turns) < {bulk}
+      AND EXISTS (SELECT 1 FROM first_turns t GROUP BY t.instance_id
+                  HAVING count(*) >= (SELECT f.share FROM fair f))
+),
+candidates AS (
+    SELECT * FROM first_turns WHERE NOT EXISTS (SELECT 1 FROM all_turns)
+    UNION ALL
+    SELECT * FROM all_turns
 ),
 chosen AS (
     SELECT ranked.instance_id, ranked.notification_id, ranked.user_id
@@ -56,7 +103,7 @@ chosen AS (
         FROM candidates c
     ) ranked
     ORDER BY ranked.turn, ranked.due_at
-    LIMIT %(bulk)s
+    LIMIT {bulk}
 )
 UPDATE tidings.pending_notifications p
 SET leased_until = %(lease_until)s, lease_owner = %(owner)s, claims = p.claims + 1
