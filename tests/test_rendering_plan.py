@@ -46,7 +46,7 @@ def render_both(kind: str, text: str, variables: dict[str, Any]) -> tuple[str, s
     and the renderer's RenderError as ("refused", the error as the RenderError quotes it)."""
     mine, reference = ENVS[kind]
     try:
-        expected = reference.from_string(text).render(**variables)
+        expected = reference.from_string(text).render(variables)
     except Exception as exc:  # whatever Jinja raises, the renderer must refuse with it
         expected = f"refused: {type(exc).__name__}: {exc}"
     try:
@@ -74,6 +74,7 @@ def render_both(kind: str, text: str, variables: dict[str, Any]) -> tuple[str, s
         ("{{ d.missing }}", {"d": {}}),
         ("{{ d.k }}", {"d": "not a dict"}),
         ("{{ dict }}", {}),  # a global, not a variable: Jinja renders it
+        ("{{ self }}", {"self": "not this: Jinja's TemplateReference"}),
         ("{% if url %}go {{ url }}{% elif b %}b{% else %}none{% endif %}.", {"url": "", "b": 0}),
         ("{% if url %}go {{ url }}{% endif %}", {"url": "https://x/?a=1&b=<2>"}),
         ("{% if b %}yes{% else %}no{% endif %}", {"b": None}),

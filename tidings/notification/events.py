@@ -79,7 +79,13 @@ class Sent(FrozenModel):
 
     def payload(self) -> dict[str, Any]:
         """The event payload; `inapp` only when there is one (other sends look as before)."""
-        return self.model_dump(mode="json", exclude={"inapp"} if self.inapp is None else None)
+        if self.inapp is None:  # what model_dump(mode="json") writes of these, built directly
+            return {
+                "channel": self.channel,
+                "provider_message_id": self.provider_message_id,
+                "attempt": self.attempt,
+            }
+        return self.model_dump(mode="json")
 
 
 class Canceled(FrozenModel):
@@ -100,6 +106,19 @@ class SourceSent(FrozenModel):
     notification_id: str
     message_type: str
     channel: str
+
+    @classmethod
+    def payload_of(cls, *, notification_id: str, message_type: str, channel: str) -> dict[str, Any]:
+        """The payload, as `cls(...).model_dump(mode="json")` writes it: built directly from
+        text (a worker's case), through the model from anything else."""
+        if type(notification_id) is str and type(message_type) is str and type(channel) is str:
+            return {
+                "notification_id": notification_id,
+                "message_type": message_type,
+                "channel": channel,
+            }
+        made = cls(notification_id=notification_id, message_type=message_type, channel=channel)
+        return made.model_dump(mode="json")
 
 
 PAYLOADS: dict[str, type[BaseModel]] = {

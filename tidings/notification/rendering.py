@@ -664,7 +664,7 @@ def _plan_value(node: nodes.Node) -> _Value | None:
         else:
             return None
         node = node.node
-    if node.ctx != "load":
+    if node.ctx != "load" or node.name == "self":  # `self`: Jinja's TemplateReference
         return None
     return _Value(node.name, tuple(reversed(keys)))
 

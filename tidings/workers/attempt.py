@@ -533,7 +533,7 @@ def source_sent_event(claimed: Claimed, request: Request, channel: str) -> NewEv
     direct request, which has no source."""
     if request.source is None or not request.sent_event_type:
         return None
-    source_sent = SourceSent(
+    payload = SourceSent.payload_of(
         notification_id=claimed.notification_id, message_type=request.message_type, channel=channel
     )
     return NewEvent(
@@ -541,7 +541,7 @@ def source_sent_event(claimed: Claimed, request: Request, channel: str) -> NewEv
         aggregate_type=request.source.aggregate_type,
         aggregate_id=request.source.aggregate_id,
         event_type=request.sent_event_type,
-        payload=source_sent.model_dump(mode="json"),
+        payload=payload,
         owner=request.resource_owner,
         creator=CREATOR,
     )
