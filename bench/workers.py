@@ -43,7 +43,6 @@ import contextlib
 import cProfile
 import hashlib
 import json
-import logging
 import os
 import pstats
 import random
@@ -222,13 +221,13 @@ class ClaimTimer:
 
 
 def configure_logging(level: str) -> None:
-    """As the CLI does (`tidings --log-level`), but into /dev/null."""
+    """As `tidings run` does (`--log-level`, the text format, the keys masked), but into
+    /dev/null: every attempt's INFO line is formatted and masked as in production."""
+    from tidings.cli.logs import configure_logging as configure
+
     stream = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=stream
-    )
-    for noisy in ("pgserver", "psycopg.pool", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    keys = [key.get_secret_value() for key in CRYPTO.keys.values()]
+    configure(level=level, log_format="text", secrets=keys, stream=stream)
 
 
 # --- the server and its databases ---------------------------------------------------
