@@ -62,6 +62,7 @@ $$;
 
 CREATE FUNCTION tidings.append_events(p_events jsonb) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     all_good         boolean;
@@ -206,6 +207,7 @@ COMMENT ON FUNCTION tidings.append_events(p_events jsonb) IS 'Append user.*/sess
 
 CREATE FUNCTION tidings.append_events(p_instance_ids text[], p_aggregate_types text[], p_aggregate_ids text[], p_expected bigint[], p_event_types text[], p_payloads jsonb[], p_owners text[], p_creators text[], p_channel text) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     n          integer := coalesce(array_length(p_event_types, 1), 0);
@@ -1300,4 +1302,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4'),
     (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e'),
-    (12, 'cheaper_appends', '7167309497ea8f5495e64869d63896abac6ee472ec77fc56917a114bba487548');
+    (12, 'cheaper_appends', '2d2aaa86a777588ed6d235ee30fa3d8e5a0b567e11fdbe9e4f815c95e37f9a97');
