@@ -7,18 +7,20 @@ This counts them for the three ways tidings appends in batches:
 - source:   the platform's source events (a password-reset code each) through
             the in-database door `tidings.append_events(jsonb)`, 1,000 per call;
 - requests: notification.requested as the projector appends them, 1,000 per
-            `EventStore.append` (its statement, with the batch inline);
+            `EventStore.append` (its statement);
 - outcomes: a worker's bulk of 10 outcomes, notification.sent and the source's
             sent event each, 20 per `EventStore.append`.
 
 Per shape: a fresh database of a throwaway server (this checkout's migrations,
 or --baseline's), 1,000 users (and the requests the outcomes settle), one warm
 batch, two copies of it. Then the server stops and the same backend binary runs
-in single-user mode under callgrind on each copy: copy A gets one batch more
-than copy B and K more batches; (A - B) / events in the K batches is the cost
+in single-user mode under callgrind on each copy: copy B runs one batch, copy A
+the same batch and K more; (A - B) / events in the K batches is the cost
 per event of the appending backend (parsing, planning, executing, triggers,
-commit; not the WAL writer or other processes). Identical on every run of the
-same code, so two checkouts compare in one run, however busy the machine.
+commit; not the WAL writer or other processes). The statement is prepared once
+and executed per batch, as psycopg runs a statement it has run a few times.
+Identical on every run of the same code, so two checkouts compare in one run,
+however busy the machine.
 
     .venv/bin/python bench/append_cost.py                      # ~3 minutes
     .venv/bin/python bench/append_cost.py --baseline /tmp/before --shapes source
@@ -46,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 SHAPES = ("source", "requests", "outcomes")
-DOOR = "SELECT count(*) FROM tidings.append_events('{doc}'::jsonb);"
+DOOR = "SELECT count(*) FROM tidings.append_events($1::jsonb)"
 
 
 def store_statement() -> str:
@@ -56,8 +58,8 @@ def store_statement() -> str:
     text = query("append_events").as_string(None)
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     body = "\n".join(lines).strip().rstrip(";")
-    body = body.replace("%(events)s", "'{doc}'").replace("%(channel)s", "'tidings_events'")
-    return f"SELECT count(*) FROM ({body}) appended;"
+    body = body.replace("%(events)s", "$1").replace("%(channel)s", "'tidings_events'")
+    return f"SELECT count(*) FROM ({body}) appended"
 
 
 def batches(shape: str, count: int) -> tuple[str, list[str], list[str]]:
@@ -108,9 +110,18 @@ def batches(shape: str, count: int) -> tuple[str, list[str], list[str]]:
     return store_statement(), [dump(requests)], docs
 
 
+def literal(doc: str) -> str:
+    return "'" + doc.replace("'", "''") + "'"
+
+
 def script(statement: str, docs: list[str]) -> str:
-    """Single-user mode input (-j: a statement ends with a semicolon and an empty line)."""
-    return "".join(statement.replace("{doc}", d.replace("'", "''")) + "\n\n" for d in docs)
+    """Single-user mode input (-j: a statement ends with a semicolon and an empty line).
+
+    The statement is prepared, then executed per batch, as psycopg does once a
+    statement has run a few times: the plans are cached as in a worker.
+    """
+    executes = "".join(f"EXECUTE appended({literal(d)});\n\n" for d in docs)
+    return f"PREPARE appended AS {statement};\n\n{executes}"
 
 
 async def prepare(server: Any, name: str, statement: str, setup: list[str], warm: str) -> None:
@@ -129,8 +140,10 @@ async def prepare(server: Any, name: str, statement: str, setup: list[str], warm
 
     users_doc = _EVENTS.dump_json(users).decode()
     with psycopg.connect(url, autocommit=True) as conn:
-        for doc in [users_doc, *setup, warm]:
-            conn.execute(script(store_statement() if doc is users_doc else statement, [doc]))
+        for doc in [users_doc, *setup]:
+            conn.execute(store_statement().replace("$1", literal(doc)))
+        conn.execute(f"PREPARE appended AS {statement}")
+        conn.execute(f"EXECUTE appended({literal(warm)})")
         conn.execute("CHECKPOINT")
     with psycopg.connect(server.get_uri(), autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}_a TEMPLATE {name}")
