@@ -567,21 +567,7 @@ BEGIN
         END IF;
     END IF;
 
-    IF requests > 0 AND requests = first_requests THEN
-        -- Each the first event of its notification: no row of it can be in the
-        -- queue yet (a row comes only from a request in the log, and the log's
-        -- key holds one first event per notification), so the insert needs no
-        -- check for one (ON CONFLICT costs a request about a twentieth of its
-        -- append). A row there anyway (the log edited by hand) fails the append
-        -- on the queue's key instead of being kept.
-        INSERT INTO tidings.pending_notifications AS p (
-            instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
-            request)
-        SELECT a.instance_id, a.aggregate_id, 'request', a.sequence, 0, a.created_at,
-               a.created_at, a.payload->'request'
-        FROM added a
-        WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested';
-    ELSIF requests > 0 THEN
+    IF requests > 0 THEN
         INSERT INTO tidings.pending_notifications AS p (
             instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
             request)
@@ -1302,4 +1288,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4'),
     (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e'),
-    (12, 'cheaper_appends', '2d2aaa86a777588ed6d235ee30fa3d8e5a0b567e11fdbe9e4f815c95e37f9a97');
+    (12, 'cheaper_appends', 'b456b699b0630145cc235902ca8fb080ac6258600fa1c063c012010ad5b89f8d');

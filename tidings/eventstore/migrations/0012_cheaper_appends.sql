@@ -22,8 +22,7 @@
 -- 4. The pending queue's statement trigger counts the kinds of queue events
 --    in one scan and runs only the statements for kinds present (0011 ran a
 --    grouping, then all three); a statement of first requests only skips
---    the check for notifications with several queue events, and inserts its
---    queue rows without ON CONFLICT (none can be there yet; see the function).
+--    the check for notifications with several queue events.
 -- 5. Two indexes an appended event no longer pays for:
 --    - events_type_position (event_type, position): its readers (the
 --      projector's ordered reads, lag counts, the audit's users copy, `tidings
@@ -94,21 +93,7 @@ BEGIN
         END IF;
     END IF;
 
-    IF requests > 0 AND requests = first_requests THEN
-        -- Each the first event of its notification: no row of it can be in the
-        -- queue yet (a row comes only from a request in the log, and the log's
-        -- key holds one first event per notification), so the insert needs no
-        -- check for one (ON CONFLICT costs a request about a twentieth of its
-        -- append). A row there anyway (the log edited by hand) fails the append
-        -- on the queue's key instead of being kept.
-        INSERT INTO tidings.pending_notifications AS p (
-            instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
-            request)
-        SELECT a.instance_id, a.aggregate_id, 'request', a.sequence, 0, a.created_at,
-               a.created_at, a.payload->'request'
-        FROM added a
-        WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested';
-    ELSIF requests > 0 THEN
+    IF requests > 0 THEN
         INSERT INTO tidings.pending_notifications AS p (
             instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
             request)
