@@ -62,6 +62,7 @@ $$;
 
 CREATE FUNCTION tidings.append_events(p_events jsonb) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     all_good         boolean;
@@ -84,20 +85,20 @@ BEGIN
     -- One pass: the arrays in the batch's order (the order the elements come
     -- out of jsonb_array_elements, which the aggregates keep), and whether
     -- every element passes every check below. Each field is looked up once
-    -- (the lateral subquery, kept as one by OFFSET 0, is evaluated once per
-    -- element). Nothing here can fail on a wrong element: the expected
+    -- (in the subquery, which OFFSET 0 keeps from being merged into this
+    -- level, where each use of a field would look it up again). Nothing here can fail on a wrong element: the expected
     -- sequence stays text until the checks pass. An aggregate_type of "user"
     -- or "session" with an event type that starts with it and a dot is what
     -- 0011's two checks of the pair accept.
     SELECT bool_and(CASE
-               WHEN jsonb_typeof(t.x) IS DISTINCT FROM 'object' THEN false
+               WHEN jsonb_typeof(f.x) IS DISTINCT FROM 'object' THEN false
                ELSE coalesce(
                    jsonb_typeof(f.i) = 'string' AND f.i <> '""'
                    AND jsonb_typeof(f.a) = 'string' AND f.a <> '""'
                    AND jsonb_typeof(f.et) = 'string'
                    AND ((f.at = '"user"' AND f.et #>> '{}' LIKE 'user.%')
                         OR (f.at = '"session"' AND f.et #>> '{}' LIKE 'session.%'))
-                   AND t.x - '{instance_id,aggregate_type,aggregate_id,event_type,payload,'
+                   AND f.x - '{instance_id,aggregate_type,aggregate_id,event_type,payload,'
                              'expected_sequence,owner,creator}'::text[] = '{}'::jsonb
                    AND (f.p IS NULL OR jsonb_typeof(f.p) = 'object')
                    AND (jsonb_typeof(f.c) IS DISTINCT FROM 'object' OR NOT f.c ? 'plain')
@@ -111,15 +112,15 @@ BEGIN
            array_agg(CASE WHEN jsonb_typeof(f.es) = 'number' THEN f.es #>> '{}' END),
            array_agg(f.et #>> '{}'),
            array_agg(coalesce(f.p, '{}')),
-           array_agg(coalesce(t.x->>'owner', '')),
-           array_agg(coalesce(t.x->>'creator', me))
+           array_agg(coalesce(f.x->>'owner', '')),
+           array_agg(coalesce(f.x->>'creator', me))
     INTO all_good, instance_ids, aggregate_types, aggregate_ids, expected, event_types,
          payloads, owners, creators
-    FROM jsonb_array_elements(p_events) AS t(x)
-    CROSS JOIN LATERAL (
-        SELECT t.x->'instance_id' AS i, t.x->'aggregate_type' AS at, t.x->'aggregate_id' AS a,
-               t.x->'event_type' AS et, t.x->'payload' AS p, t.x->'payload'->'code' AS c,
-               t.x->'expected_sequence' AS es
+    FROM (
+        SELECT e.x, e.x->'instance_id' AS i, e.x->'aggregate_type' AS at,
+               e.x->'aggregate_id' AS a, e.x->'event_type' AS et, e.x->'payload' AS p,
+               e.x->'payload'->'code' AS c, e.x->'expected_sequence' AS es
+        FROM jsonb_array_elements(p_events) AS e(x)
         OFFSET 0
     ) f;
 
@@ -206,6 +207,7 @@ COMMENT ON FUNCTION tidings.append_events(p_events jsonb) IS 'Append user.*/sess
 
 CREATE FUNCTION tidings.append_events(p_instance_ids text[], p_aggregate_types text[], p_aggregate_ids text[], p_expected bigint[], p_event_types text[], p_payloads jsonb[], p_owners text[], p_creators text[], p_channel text) RETURNS TABLE(out_position bigint, out_sequence bigint, out_created_at timestamp with time zone)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     n          integer := coalesce(array_length(p_event_types, 1), 0);
@@ -224,8 +226,11 @@ BEGIN
     -- same aggregates queue instead of deadlocking.
     PERFORM pg_advisory_xact_lock(7101, k.lock_key)
     FROM (
-        SELECT DISTINCT hashtext(i || chr(31) || t || chr(31) || a) AS lock_key
-        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids) AS u(i, t, a)
+        SELECT DISTINCT hashtext(u.i || chr(31) || u.t || chr(31) || u.a) AS lock_key
+        FROM (
+            SELECT unnest(p_instance_ids) AS i, unnest(p_aggregate_types) AS t,
+                   unnest(p_aggregate_ids) AS a
+        ) u
         ORDER BY 1
     ) k;
 
@@ -251,8 +256,10 @@ BEGIN
                row_number() OVER (
                    PARTITION BY hashtext(u.a), u.i COLLATE "C", u.t COLLATE "C", u.a COLLATE "C"
                    ORDER BY u.ord) AS nth
-        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids)
-             WITH ORDINALITY AS u(i, t, a, ord)
+        FROM (
+            SELECT unnest(p_instance_ids) AS i, unnest(p_aggregate_types) AS t,
+                   unnest(p_aggregate_ids) AS a, generate_series(1, n) AS ord
+        ) u
     ) b
     LEFT JOIN LATERAL (
         SELECT e.sequence, e.position
@@ -266,7 +273,10 @@ BEGIN
     -- aggregate's last event lies at or after this transaction's positions.
     SELECT c.ord, c.expected, c.actual
     INTO bad
-    FROM unnest(p_expected, sequences, heads) WITH ORDINALITY AS c(expected, actual, head, ord)
+    FROM (
+        SELECT unnest(p_expected) AS expected, unnest(sequences) AS actual,
+               unnest(heads) AS head, generate_series(1, n) AS ord
+    ) c
     WHERE (c.expected IS NOT NULL AND c.expected <> c.actual - 1) OR c.head >= first_pos
     ORDER BY c.ord
     LIMIT 1;
@@ -301,28 +311,36 @@ BEGIN
                 'actual_sequence', bad.actual - 1)::text;
     END IF;
 
-    -- The insert returns its rows in the order it inserts them, which is the
-    -- batch's order, hence position order: no sort.
+    -- The arrays are unnested in the select list (in lockstep, one row per
+    -- element, positions from generate_series alongside), not in FROM, where
+    -- a function scan would first copy the whole batch into a tuplestore. The
+    -- insert returns its rows in the order it inserts them, the batch's order,
+    -- hence position order: no sort.
     RETURN QUERY
     WITH inserted AS (
         INSERT INTO tidings.events AS e (
             instance_id, aggregate_type, aggregate_id, sequence, event_type,
             payload, owner, creator, position)
-        SELECT u.i, u.t, u.a, u.seq, u.et, u.payload,
-               coalesce(u.owner, ''), coalesce(u.creator, ''), first_pos + u.ord - 1
-        FROM unnest(p_instance_ids, p_aggregate_types, p_aggregate_ids, sequences,
-                    p_event_types, p_payloads, p_owners, p_creators)
-             WITH ORDINALITY AS u(i, t, a, seq, et, payload, owner, creator, ord)
+        SELECT u.i, u.t, u.a, u.seq, u.et, u.payload, coalesce(u.owner, ''),
+               coalesce(u.creator, ''), u.position
+        FROM (
+            SELECT unnest(p_instance_ids) AS i, unnest(p_aggregate_types) AS t,
+                   unnest(p_aggregate_ids) AS a, unnest(sequences) AS seq,
+                   unnest(p_event_types) AS et, unnest(p_payloads) AS payload,
+                   unnest(p_owners) AS owner, unnest(p_creators) AS creator,
+                   generate_series(first_pos, first_pos + n - 1) AS position
+        ) u
         RETURNING e.position, e.sequence, e.created_at
     )
     SELECT inserted.position, inserted.sequence, inserted.created_at
     FROM inserted;
 
-    -- The wake-up is delivered when (and only if) the transaction commits.
+    -- The wake-up is delivered when (and only if) the transaction commits. Its
+    -- lists are sorted as bytes (no strcoll; readers take them as sets).
     wake := jsonb_build_object(
         'position', first_pos + n - 1,
-        'instance_ids', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_instance_ids) x),
-        'event_types', (SELECT jsonb_agg(DISTINCT x) FROM unnest(p_event_types) x));
+        'instance_ids', (SELECT jsonb_agg(DISTINCT x COLLATE "C") FROM unnest(p_instance_ids) x),
+        'event_types', (SELECT jsonb_agg(DISTINCT x COLLATE "C") FROM unnest(p_event_types) x));
     IF length(wake::text) > 7000 THEN
         wake := jsonb_build_object('position', first_pos + n - 1);
     END IF;
@@ -549,21 +567,7 @@ BEGIN
         END IF;
     END IF;
 
-    IF requests > 0 AND requests = first_requests THEN
-        -- Each the first event of its notification: no row of it can be in the
-        -- queue yet (a row comes only from a request in the log, and the log's
-        -- key holds one first event per notification), so the insert needs no
-        -- check for one (ON CONFLICT costs a request about a twentieth of its
-        -- append). A row there anyway (the log edited by hand) fails the append
-        -- on the queue's key instead of being kept.
-        INSERT INTO tidings.pending_notifications AS p (
-            instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
-            request)
-        SELECT a.instance_id, a.aggregate_id, 'request', a.sequence, 0, a.created_at,
-               a.created_at, a.payload->'request'
-        FROM added a
-        WHERE a.aggregate_type = 'notification' AND a.event_type = 'notification.requested';
-    ELSIF requests > 0 THEN
+    IF requests > 0 THEN
         INSERT INTO tidings.pending_notifications AS p (
             instance_id, notification_id, kind, sequence, attempts, requested_at, due_at,
             request)
@@ -1284,4 +1288,4 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4'),
     (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e'),
-    (12, 'cheaper_appends', '5e6ba10dd9775a63ffb8919c3efbbc9eecdf92f1b1c8611f64228a7c56d907de');
+    (12, 'cheaper_appends', 'b456b699b0630145cc235902ca8fb080ac6258600fa1c063c012010ad5b89f8d');
