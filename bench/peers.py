@@ -43,6 +43,7 @@ by its folder's name, in the same alternation: before/after figures from one run
     .venv/bin/python bench/peers.py --processes 1,2     # and `tidings run --processes N`
     .venv/bin/python bench/peers.py --enqueue-only --baseline /tmp/before  # appends alone
     .venv/bin/python bench/peers.py --source-events    # the platform's source events
+    .venv/bin/python bench/peers.py --analyze          # queues the planner has statistics for
 """
 
 from __future__ import annotations
@@ -242,6 +243,12 @@ class Server:
         await self.admin(f"CREATE DATABASE {name}")
         return str(self.uri_of(name))
 
+    async def analyze(self, url: str) -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("ANALYZE")
+
     async def drop(self, name: str) -> None:
         await self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -349,6 +356,7 @@ async def throughput_run(
     figures: Figures,
     enqueue_only: bool = False,
     source_events: bool = False,
+    analyze: bool = False,
 ) -> None:
     url = await server.create(name)
     opts = {"mode": "throughput", "url": url, "jobs": jobs, "bulk": contender.bulk,
@@ -360,6 +368,8 @@ async def throughput_run(
         pg0 = server.cpu()
         await child.go()
         enq = await child.report(60 + jobs / 100)
+        if analyze:  # as autovacuum does in a deployment that runs a while; not timed
+            await server.analyze(url)
         pg1 = server.cpu()
         await child.go()
         if not enqueue_only:
@@ -596,7 +606,7 @@ async def bench(server: Server, args: argparse.Namespace) -> None:
         for c in order:
             await throughput_run(
                 server, c, f"peers_{run}", args.jobs, results[c.label], args.enqueue_only,
-                args.source_events,
+                args.source_events, args.analyze,
             )  # fmt: skip
     if args.enqueue_only:
         print_table(contenders, results, args.runs)
@@ -774,6 +784,13 @@ def main() -> None:
         action="store_true",
         help="with --enqueue-only: append the platform's source events (a password-reset code "
         "each) 1,000 per call through tidings.append_events(jsonb), not requests",
+    )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="ANALYZE each run's database between enqueueing and processing (untimed), as "
+        "autovacuum has done in a deployment that has run a while: the planner then knows "
+        "the queue's size, as in production",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-opts", help=argparse.SUPPRESS)

@@ -89,7 +89,7 @@ from tidings.projections import notify_user
 from tidings.service import Service
 from tidings.workers import PendingQueue
 from tidings.workers.attempt import sent_events
-from tidings.workers.queue import Claimed, claim_statement
+from tidings.workers.queue import Claimed
 
 INSTANCES = 10
 USERS = 1_000
@@ -823,6 +823,9 @@ async def measure_claims(
     """Steady-state claims of 100: each claim's rows are released again (untimed), so
     every claim faces the same queue. Rows claimed per second, the median claim (s),
     and the server's own median execution time (ms) and buffers (EXPLAIN ANALYZE)."""
+    # Imported here: peers.py --baseline imports this module over older checkouts.
+    from tidings.workers.queue import claim_statement
+
     settings = bench_settings(url, pool=2)
     async with open_database(settings.database) as db:
         queue = PendingQueue(pool=db.pool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -300,6 +301,44 @@ async def test_the_claim_reads_a_bounded_number_of_rows_of_a_large_queue(
     assert sum(s.get("Rows Removed by Filter", 0) for s in scans) > 0, "leased rows stepped over"
     assert read <= 2 * bulk * instances, f"{read:.0f} rows read for a claim of {bulk}"
     assert (plan["Node Type"], plan["Actual Rows"]) == ("ModifyTable", bulk), "a full bulk"
+
+
+# The claim's parameters as the server sees them once psycopg has prepared it.
+CLAIM_PARAMS = {"kind": "text", "now": "timestamptz", "lease_until": "timestamptz",
+                "owner": "text", "active_since": "timestamptz"}  # fmt: skip
+
+
+async def test_the_prepared_claims_generic_plan_never_reads_the_whole_queue(
+    db: Database, conninfo: str
+) -> None:
+    """psycopg prepares the claim after its fifth run and the server soon keeps one
+    generic plan for it. With the bulk bound as a parameter, that plan expected
+    hundreds of chosen rows and read the whole queue into a hash to update ten of
+    them; with the bulk written in, it walks the claim index."""
+    await db.store.append([requested(f"n-{i}", instance_id=f"i-{i % 10}") for i in range(3_000)])
+    names = list(CLAIM_PARAMS)
+    text = claim_statement(10).decode()
+    placeholders = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m[1]) + 1}", text)
+    args = ["request", now(), now() + LEASE, "x", None]
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        await conn.execute("ANALYZE tidings.pending_notifications")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(
+            f"PREPARE claim ({', '.join(CLAIM_PARAMS.values())}) AS {placeholders.rstrip(';')}"
+        )
+        async with conn.transaction(force_rollback=True):
+            cur = psycopg.AsyncClientCursor(conn)
+            await cur.execute(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim (%s, %s, %s, %s, %s)", args
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            (explained,) = row
+    plan = explained[0]["Plan"]
+    scans = _scans_of(plan, "pending_notifications")
+    assert all("Seq Scan" not in s["Node Type"] for s in scans), [s["Node Type"] for s in scans]
+    assert sum(_rows_read(s) for s in scans) <= 200, "a claim of 10 reads a few rows"
+    assert (plan["Node Type"], plan["Actual Rows"]) == ("ModifyTable", 10)
 
 
 async def test_next_due_of_a_free_request_is_a_loadable_time_in_the_past(
