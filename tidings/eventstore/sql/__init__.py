@@ -3,6 +3,11 @@
 Each block starts with `-- name: NAME` and runs to the next one; values are
 always bound parameters. Other rooms keep their own .sql files and load them
 with `QueryFiles`.
+
+A block's whole-line comments stay in the file, for its readers, and are left
+out of the statement sent: psycopg parses a statement's placeholders again at
+every call once its text is over 4 KiB (psycopg._queries'
+MAX_CACHED_STATEMENT_LENGTH), and the workers' claim, well commented, was.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from importlib import resources
 from psycopg import sql
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# A line that is only a comment. Never inside a string literal here: no block
+# has a literal spanning lines that a line of its own starts with `--`.
+_COMMENT_LINE = re.compile(r"^[ \t]*--[^\n]*(?:\n|\Z)", re.MULTILINE)
 
 
 def parse_blocks(text: str) -> dict[str, str]:
@@ -23,7 +31,7 @@ def parse_blocks(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in blocks:
             raise ValueError(f"query {name!r} is defined twice")
-        blocks[name] = body.strip()
+        blocks[name] = _COMMENT_LINE.sub("", body).strip()
     return blocks
 
 
