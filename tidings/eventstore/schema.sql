@@ -1,5 +1,5 @@
 -- tidings: the current schema, what a fresh install looks like
--- (migrations 0001..0012 applied).
+-- (migrations 0001..0013 applied).
 --
 -- GENERATED from tidings/eventstore/migrations by `python3 dev.py schema`:
 -- never edit it by hand. Change the schema with a new migration, then
@@ -1068,7 +1068,7 @@ ALTER TABLE ONLY tidings.api_keys
 --
 
 ALTER TABLE ONLY tidings.events
-    ADD CONSTRAINT events_aggregate_sequence PRIMARY KEY (instance_id, aggregate_type, aggregate_id, sequence);
+    ADD CONSTRAINT events_aggregate_sequence PRIMARY KEY (aggregate_id, aggregate_type, instance_id, sequence);
 
 
 --
@@ -1149,13 +1149,6 @@ ALTER TABLE ONLY tidings.schema_migrations
 
 ALTER TABLE ONLY tidings.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (instance_id, user_id);
-
-
---
--- Name: events_aggregate_id; Type: INDEX; Schema: tidings; Owner: -
---
-
-CREATE INDEX events_aggregate_id ON tidings.events USING btree (aggregate_id, aggregate_type, sequence);
 
 
 --
@@ -1288,4 +1281,5 @@ INSERT INTO tidings.schema_migrations (version, name, checksum) VALUES
     (9, 'feeds', 'f34c2e5891a47f2e3c601fda50aa98f4ad2b21f7eba882468ffaa5f793e3ea98'),
     (10, 'feed_presence', '4754e17dd0d0a7ffe9fb5377441355b8e6963645c3094c6fa47263a636a56dc4'),
     (11, 'append_at_set_speed', '059ed92912529c8953b413a30dde63b2b4e3b123497e4af5d4a62a45b9178c4e'),
-    (12, 'cheaper_appends', 'b456b699b0630145cc235902ca8fb080ac6258600fa1c063c012010ad5b89f8d');
+    (12, 'cheaper_appends', 'b456b699b0630145cc235902ca8fb080ac6258600fa1c063c012010ad5b89f8d'),
+    (13, 'aggregate_key_first', '262626696c085c57c54178b1293ccdf0972b0652df4f62a135e77a14f06eb566');

@@ -14,14 +14,15 @@ SELECT set_config('lock_timeout', '10s', false),
 SELECT count(*) FROM tidings.events;
 
 -- name: walk_events
--- The whole log in key order: each aggregate's events arrive together, in
--- sequence order, so the walk holds one aggregate at a time. Payloads are
--- only read where the walk parses them.
+-- The whole log in the primary key's order (migration 0013: the aggregate's
+-- id first): each aggregate's events arrive together, in sequence order, so
+-- the walk holds one aggregate at a time, and the key's index hands them out
+-- without sorting the log. Payloads are only read where the walk parses them.
 SELECT e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
        CASE WHEN e.aggregate_type = 'notification' THEN e.payload END AS payload,
        e.position, e.created_at
 FROM tidings.events e
-ORDER BY e.instance_id, e.aggregate_type, e.aggregate_id, e.sequence;
+ORDER BY e.aggregate_id, e.aggregate_type, e.instance_id, e.sequence;
 
 -- name: snapshot_counts
 SELECT (SELECT coalesce(max(position), 0) FROM tidings.events) AS last_position,

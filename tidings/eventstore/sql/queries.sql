@@ -84,9 +84,10 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16;
 -- no comments). A notification's own events are read directly, not through its
 -- request, so one whose request is missing still shows them.
 --
--- Each lookup has its index (migration 0006): own events and a notification's
--- and a source's events through events_aggregate_id, a user's requests through
--- events_notification_user (same expression, same predicate). Only positions
+-- Each lookup has its index: own events and a notification's and a source's
+-- events through the primary key (the aggregate's id first, migration 0013),
+-- a user's requests through events_notification_user (migration 0006; same
+-- expression, same predicate). Only positions
 -- are collected, de-duplicated and sorted (bigints, not payloads; past
 -- work_mem the server spills to disk), then each row is fetched by
 -- events_position in that order and streams to the client through a cursor.
