@@ -60,9 +60,10 @@ _QUEUE_COLUMNS = 13  # instance_id .. leased_until, as Claimed declares them
 def _json(text: str | None) -> Any:
     """A jsonb column the claim returns as text (None: NULL).
 
-    pydantic_core's parser takes about half of json.loads' CPU; what it refuses
-    (it stops at a depth json.loads still reads) goes to json.loads, so a
-    request reads as before, and one that does not read is the attempt's to refuse.
+    pydantic_core's parser takes less CPU than json.loads (2.4 against 4.0 us
+    for a request); what it refuses (it stops at a depth json.loads still
+    reads) goes to json.loads, so a request reads as before, and one that does
+    not read is the attempt's to refuse.
     """
     if text is None:
         return None
