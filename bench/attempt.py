@@ -99,6 +99,9 @@ def child(count: int, bulk: int) -> dict[str, float]:
         async def append(self, events: list[Any]) -> None:
             return None
 
+        async def append_unread(self, events: list[Any]) -> None:
+            return None
+
     async def no_users(keys: list[tuple[str, str]]) -> dict[Any, Any]:
         return {}
 

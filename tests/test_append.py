@@ -95,6 +95,22 @@ async def test_conflict_is_typed_and_writes_nothing(store: EventStore) -> None:
     assert await count(store) == before, "the batch must be all or nothing"
 
 
+async def test_append_unread_writes_the_batch_or_nothing_as_append_does(store: EventStore) -> None:
+    await store.append_unread([event("u1", expected=0), event("u1", "user.username.changed")])
+    stored = await store.query(EventQuery())
+    assert [(e.aggregate_id, e.sequence) for e in stored] == [("u1", 1), ("u1", 2)]
+
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append_unread(
+            [event("u2", expected=0), event("u1", "user.removed", expected=1)]
+        )
+    assert caught.value.index == 1
+    assert (caught.value.expected_sequence, caught.value.actual_sequence) == (1, 2)
+    assert await count(store) == 2, "the batch must be all or nothing"
+    await store.append_unread([])
+    assert await count(store) == 2
+
+
 async def test_expected_sequence_ahead_of_the_aggregate_is_a_conflict(store: EventStore) -> None:
     await store.append([event("u1", expected=0)])
     with pytest.raises(ConcurrencyError) as caught:

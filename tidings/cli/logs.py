@@ -129,6 +129,14 @@ def configure_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Neither format shows where a line was logged from, nor the thread or process
+    # that logged it: no record looks them up (the logging HOWTO's "Optimization";
+    # the workers log a line per notification, and each lookup was a system call
+    # or a walk up the stack). Python's own tracebacks are unaffected.
+    logging._srcfile = None  # the HOWTO's documented switch
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Python's warnings go through logging too, so with json every line is an object.
     logging.captureWarnings(log_format == "json")
     for noisy in _NOISY:

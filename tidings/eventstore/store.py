@@ -77,10 +77,22 @@ class EventStore:
         """
         if not events:
             return []
-        params = {"events": Jsonb(list(events), dumps=_EVENTS.dump_json), "channel": self._channel}
         with translated_errors():
-            rows = await self._rows(query("append_events"), params, conn)
+            rows = await self._rows(query("append_events"), self._append_params(events), conn)
         return [AppendedEvent(position=p, sequence=s, created_at=c) for p, s, c in rows]
+
+    async def append_unread(self, events: Sequence[NewEvent]) -> None:
+        """As `append` on a pooled connection, without reading back where the events
+        landed: for a writer that does not need it (the workers' outcomes, a bulk's
+        20 rows read back cost about a fifth of the append's client CPU)."""
+        if not events:
+            return
+        with translated_errors():
+            async with single_statement(self._pool) as conn, conn.cursor() as cur:
+                await cur.execute(query("append_events"), self._append_params(events))
+
+    def _append_params(self, events: Sequence[NewEvent]) -> dict[str, Any]:
+        return {"events": Jsonb(list(events), dumps=_EVENTS.dump_json), "channel": self._channel}
 
     async def query(
         self,

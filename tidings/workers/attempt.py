@@ -312,7 +312,9 @@ class AttemptRunner:
                 # Through an outage for as long as the lease covers the attempts:
                 # given up, every message of the chunk would be sent again.
                 await while_leased(
-                    partial(self._store.append, events), deadline=deadline, clock=self._clock
+                    partial(self._store.append_unread, events),
+                    deadline=deadline,
+                    clock=self._clock,
                 )
             except ConcurrencyError as exc:
                 late = owners[exc.index] if exc.index is not None else waiting[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -10,6 +11,7 @@ from typing import Any, Literal
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic_core import from_json
 
 from tidings.eventstore.errors import translated_errors
 from tidings.eventstore.store import single_statement
@@ -55,13 +57,30 @@ _USER_COLUMNS = (
 _QUEUE_COLUMNS = 13  # instance_id .. leased_until, as Claimed declares them
 
 
+def _json(text: str | None) -> Any:
+    """A jsonb column the claim returns as text (None: NULL).
+
+    pydantic_core's parser takes less CPU than json.loads (2.4 against 4.0 us
+    for a request); what it refuses (it stops at a depth json.loads still
+    reads) goes to json.loads, so a request reads as before, and one that does
+    not read is the attempt's to refuse.
+    """
+    if text is None:
+        return None
+    try:
+        return from_json(text)
+    except ValueError:
+        return json.loads(text)
+
+
 def _claimed(row: tuple[Any, ...]) -> Claimed:
     """A claim_due row (a plain tuple: no dict per row on the hot path): the queue's
     columns, then the user's (NULL: unknown)."""
     (
         instance_id, notification_id, kind, sequence, attempts, requested_at, due_at, claims,
-        request, notify_user, backoff, last_error, leased_until,
+        request_text, notify_user_text, backoff, last_error, leased_until,
     ) = row[:_QUEUE_COLUMNS]  # fmt: skip
+    request, notify_user = _json(request_text), _json(notify_user_text)
     user: dict[str, Any] | None = None
     if row[_QUEUE_COLUMNS] is not None:
         user = dict(zip(_USER_COLUMNS, row[_QUEUE_COLUMNS:], strict=True))

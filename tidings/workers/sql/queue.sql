@@ -110,11 +110,13 @@ SET leased_until = %(lease_until)s, lease_owner = %(owner)s, claims = p.claims +
 FROM chosen
 -- The same columns as the projections' users_get_many (a NotifyUser). The workers
 -- read the returned columns by position (queue.py's _claimed): keep their order.
+-- The request and the user snapshot come as text, for queue.py to parse.
 LEFT JOIN tidings.users u
        ON u.instance_id = chosen.instance_id AND u.user_id = chosen.user_id
 WHERE p.instance_id = chosen.instance_id AND p.notification_id = chosen.notification_id
 RETURNING p.instance_id, p.notification_id, p.kind, p.sequence, p.attempts, p.requested_at,
-          p.due_at, p.claims, p.request, p.notify_user, p.backoff, p.last_error, p.leased_until,
+          p.due_at, p.claims, p.request::text, p.notify_user::text, p.backoff, p.last_error,
+          p.leased_until,
           u.user_id AS u_user_id, u.resource_owner AS u_resource_owner,
           u.username AS u_username, u.first_name AS u_first_name, u.last_name AS u_last_name,
           u.display_name AS u_display_name, u.preferred_language AS u_preferred_language,
