@@ -41,8 +41,8 @@ by its folder's name, in the same alternation: before/after figures from one run
     .venv/bin/python bench/peers.py --jobs 3000 --runs 1 --rate 100 --seconds 5   # quick
     .venv/bin/python bench/peers.py --baseline /tmp/before
     .venv/bin/python bench/peers.py --processes 1,2     # and `tidings run --processes N`
-    .venv/bin/python bench/peers.py --enqueue-only --baseline /tmp/before  # appends alone
-    .venv/bin/python bench/peers.py --source-events    # the platform's source events
+    .venv/bin/python bench/peers.py --enqueue-only --baseline /tmp/before  # appends alone (50,000)
+    .venv/bin/python bench/peers.py --source-events    # the platform's source events (50,000)
     .venv/bin/python bench/peers.py --analyze          # queues the planner has statistics for
 """
 
@@ -757,7 +757,12 @@ def main() -> None:
     for name in [n for n in os.environ if n.startswith("TIDINGS_")]:
         del os.environ[name]  # settings from the environment would override the bench's own
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="jobs per run (default 10,000; 50,000 with --enqueue-only or --source-events, "
+        "whose runs are otherwise a few tenths of a second, and swing with a checkpoint)",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--bulks", default="10,100", help="tidings bulk limits, comma-separated")
     parser.add_argument("--rate", type=float, default=100.0, help="latency: jobs per second")
@@ -800,6 +805,8 @@ def main() -> None:
     if args.source_events:
         args.enqueue_only = True  # source events are not processed without the projector
         args.bulks = args.bulks[:1]  # the bulk only matters to processing
+    if args.jobs is None:
+        args.jobs = 50_000 if args.enqueue_only else 10_000
     if args.child:
         child = child_pgqueuer if args.child == "pgqueuer" else child_tidings
         asyncio.run(child(json.loads(args.child_opts)))
